@@ -1,0 +1,8 @@
+"""Attention and layer kernels for batchllm: torch references (CPU path) and Triton kernels (GPU).
+
+This package imports nothing of batchllm_cli.
+"""
+
+from batchllm_kernels.metadata import AttentionMetadata
+
+__all__ = ["AttentionMetadata"]

@@ -1,0 +1,84 @@
+"""Engine settings: one frozen dataclass, built from configs/engine/default.toml plus overrides."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields, replace
+from importlib import resources
+from typing import Any
+
+from batchllm_cli.errors import ConfigError
+
+_DEVICE_TABLES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Every knob of the engine; see configs/engine/default.toml for the origin of each default."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    block_size: int = 16
+    token_budget: int = 256
+    num_kv_blocks: int | None = None  # fixed pool size; None = from kv_cache_gib / kv_cache_fraction
+    kv_cache_gib: float = 1.0  # CPU pool size
+    kv_cache_fraction: float = 0.85  # GPU: share of free memory after weights
+    memory_bound: float = 0.95
+    min_prefix_tokens: int = 16
+    prefix_sharing: bool = True
+    cuda_graphs: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"block_size must be a power of two, got {self.block_size}")
+        if self.token_budget < 1:
+            raise ConfigError(f"token_budget must be at least 1, got {self.token_budget}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ConfigError(f"num_kv_blocks must be at least 1, got {self.num_kv_blocks}")
+        if not 0 < self.memory_bound <= 1:
+            raise ConfigError(f"memory_bound must be in (0, 1], got {self.memory_bound}")
+        if not 0 < self.kv_cache_fraction <= 1:
+            raise ConfigError(f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}")
+        if self.kv_cache_gib <= 0:
+            raise ConfigError(f"kv_cache_gib must be positive, got {self.kv_cache_gib}")
+        if self.min_prefix_tokens < 1:
+            raise ConfigError(f"min_prefix_tokens must be at least 1, got {self.min_prefix_tokens}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.device.split(":")[0] not in _DEVICE_TABLES:
+            raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}")
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def with_overrides(self, **overrides: Any) -> "EngineConfig":
+        """A copy with the given fields changed; None values are ignored (unset CLI options)."""
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ConfigError(f"unknown engine setting(s): {', '.join(sorted(unknown))}")
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def default_device() -> str:
+    """cuda when a GPU is visible, else cpu."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_engine_config(device: str | None = None, **overrides: Any) -> EngineConfig:
+    """The defaults of configs/engine/default.toml for `device` (auto when None), then overrides."""
+    device = device or default_device()
+    text = resources.files("batchllm_cli.configs").joinpath("engine/default.toml").read_text()
+    table = tomllib.loads(text)
+    values = {k: v for k, v in table.items() if k not in _DEVICE_TABLES}
+    values.update(table.get(device.split(":")[0], {}))
+    values["device"] = device
+    try:
+        base = EngineConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(f"configs/engine/default.toml: {exc}") from exc
+    return base.with_overrides(**overrides)
