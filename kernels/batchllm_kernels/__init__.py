@@ -4,5 +4,6 @@ This package imports nothing of batchllm_cli.
 """
 
 from batchllm_kernels.metadata import AttentionMetadata
+from batchllm_kernels.ops import get_ops
 
-__all__ = ["AttentionMetadata"]
+__all__ = ["AttentionMetadata", "get_ops"]
