@@ -1,0 +1,116 @@
+"""The sampler: greedy, temperature, top-k and top-p, with per-request random streams.
+
+Random draws are Gumbel-max with noise from a counter-based integer hash of
+(request seed, output position, vocab id), computed vectorized in torch integer arithmetic.
+A request's tokens therefore depend only on its own logits and seed, never on which other
+requests share the batch or in what order, and the same on CPU and GPU (no torch.Generator).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from batchllm_cli.types import SamplingParams
+
+_MASK32 = 0xFFFFFFFF
+# Rows per chunk of the noise computation: bounds the [rows, vocab] int64 temporaries.
+_ROWS_PER_CHUNK = 64
+# Domain tags, so that an explicit seed never collides with a derived (job seed, index) one.
+_TAG_EXPLICIT = 0x5EED0001
+_TAG_DERIVED = 0x5EED0002
+
+
+def _mul32(x: torch.Tensor | int, c: int) -> torch.Tensor | int:
+    """(x * c) mod 2**32 for x in [0, 2**32), without overflowing int64."""
+    lo, hi = c & 0xFFFF, c >> 16
+    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _MASK32
+
+
+def mix32(x: torch.Tensor | int) -> torch.Tensor | int:
+    """A 32-bit integer hash (the "lowbias32" mixer); works on Python ints and int64 tensors."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+@dataclass(frozen=True)
+class SampleRow:
+    """What the sampler needs to know about one row of logits."""
+
+    params: SamplingParams
+    request_index: int
+    position: int  # output position of the token to draw (0 for the first)
+
+
+def row_key(row: SampleRow, job_seed: int) -> int:
+    """The 32-bit key of a row's random stream: its seed and output position."""
+    if row.params.seed is not None:
+        words = (_TAG_EXPLICIT, row.params.seed & _MASK32, (row.params.seed >> 32) & _MASK32)
+    else:
+        words = (_TAG_DERIVED, job_seed & _MASK32, row.request_index & _MASK32)
+    key = mix32(row.position & _MASK32)
+    for w in words:
+        key = mix32(key ^ w)
+    return int(key)
+
+
+def uniform_noise(keys: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[rows, vocab] float64 in (0, 1): 52 bits from two hashes of (row key, vocab id)."""
+    vocab = mix32(torch.arange(vocab_size, dtype=torch.int64, device=keys.device) + 0x9E3779B9)
+    h1 = mix32(keys[:, None] ^ vocab[None, :])
+    h2 = mix32(h1 ^ 0x85EBCA6B)
+    bits = (h1 >> 6) * (1 << 26) + (h2 >> 6)  # 26 + 26 = 52 bits: bits + 0.5 is exact
+    return (bits.to(torch.float64) + 0.5) / float(1 << 52)
+
+
+def restrict_support(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """`scaled` logits [rows, vocab] with tokens outside each row's top-k / top-p set at -inf.
+
+    top_k [rows] int64 (0 = no cut), top_p [rows] float32 (1 = no cut). The top-p set is the
+    smallest set of most likely tokens whose probability reaches top_p (at least one token).
+    """
+    vals, order = scaled.sort(dim=-1, descending=True)
+    ranks = torch.arange(scaled.shape[-1], device=scaled.device)[None, :]
+    drop = (top_k[:, None] > 0) & (ranks >= top_k[:, None])
+    vals = vals.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(vals, dim=-1)
+    mass_before = torch.cumsum(probs, dim=-1) - probs
+    drop |= mass_before >= top_p[:, None]
+    drop[:, 0] = False
+    mask = torch.zeros_like(drop).scatter(1, order, drop)
+    return scaled.masked_fill(mask, float("-inf"))
+
+
+class Sampler:
+    """Draws one token per row of logits, as each row's SamplingParams say."""
+
+    def __init__(self, job_seed: int = 0) -> None:
+        self.job_seed = job_seed
+
+    def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> list[int]:
+        """logits [rows, vocab] float32 -> one token id per row."""
+        assert logits.shape[0] == len(rows)
+        out = torch.argmax(logits, dim=-1)  # greedy rows; random rows are overwritten below
+        random_rows = [i for i, r in enumerate(rows) if r.params.temperature > 0]
+        for start in range(0, len(random_rows), _ROWS_PER_CHUNK):
+            chunk = random_rows[start : start + _ROWS_PER_CHUNK]
+            out[chunk] = self._draw(logits[chunk], [rows[i] for i in chunk])
+        return out.tolist()
+
+    def _draw(self, logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
+        device = logits.device
+        temperature = torch.tensor([r.params.temperature for r in rows], device=device)
+        scaled = logits.float() / temperature[:, None]
+        if any(r.params.top_k > 0 or r.params.top_p < 1.0 for r in rows):
+            top_k = torch.tensor([r.params.top_k for r in rows], dtype=torch.int64, device=device)
+            top_p = torch.tensor([r.params.top_p for r in rows], dtype=torch.float32, device=device)
+            scaled = restrict_support(scaled, top_k, top_p)
+        keys = torch.tensor([row_key(r, self.job_seed) for r in rows], dtype=torch.int64, device=device)
+        gumbel = -torch.log(-torch.log(uniform_noise(keys, logits.shape[-1])))
+        # argmax(logit / T + Gumbel) is a draw from softmax(logit / T) over the kept tokens
+        return torch.argmax(scaled.double() + gumbel, dim=-1)

@@ -1,0 +1,66 @@
+"""A dry run of the scheduler with no model: every request runs to max_tokens.
+
+The CLI's `plan` command uses it to estimate steps and peak KV memory before any model work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from batchllm_cli.engine.block_pool import BlockPool
+from batchllm_cli.engine.scheduler import Scheduler
+from batchllm_cli.planner.plan import PrefixGroup
+from batchllm_cli.types import Request
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """What the schedule of a plan looks like, in steps and blocks."""
+
+    steps: int
+    peak_blocks: int  # most KV blocks held at once
+    num_blocks: int  # pool size the simulation ran with
+    prefill_tokens: int  # tokens computed by prefill items (shared prefixes counted once)
+    decode_tokens: int
+    tokens_per_step: tuple[int, ...]
+
+    @property
+    def mean_tokens_per_step(self) -> float:
+        return (self.prefill_tokens + self.decode_tokens) / max(self.steps, 1)
+
+
+def simulate(
+    requests: Sequence[Request],
+    groups: Sequence[PrefixGroup],
+    *,
+    num_blocks: int,
+    block_size: int,
+    token_budget: int,
+    memory_bound: float,
+) -> SimulationResult:
+    """Runs the scheduler over `groups` as if every request produced exactly max_tokens tokens."""
+    pool = BlockPool(num_blocks)
+    scheduler = Scheduler(
+        requests, groups, pool, block_size=block_size, token_budget=token_budget, memory_bound=memory_bound
+    )
+    tokens_per_step: list[int] = []
+    prefill = decode = 0
+    while scheduler.has_work:
+        batch = scheduler.schedule()
+        if not batch.items:
+            raise RuntimeError("scheduler made no progress: this is a bug")
+        num_prefill = batch.num_prefill_tokens
+        num_decode = batch.num_decode_tokens
+        prefill += num_prefill
+        decode += num_decode
+        tokens_per_step.append(num_prefill + num_decode)
+        scheduler.update(batch, [0] * len(batch.sample_items))
+    return SimulationResult(
+        steps=len(tokens_per_step),
+        peak_blocks=pool.peak_used,
+        num_blocks=num_blocks,
+        prefill_tokens=prefill,
+        decode_tokens=decode,
+        tokens_per_step=tuple(tokens_per_step),
+    )
