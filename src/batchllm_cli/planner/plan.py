@@ -6,6 +6,8 @@ Invariants the engine relies on (the planner guarantees them, `Plan.validate` ch
 - `prefix_len < len(prompt)` for every member: each member keeps at least one distinct token,
   whose logits give its first output token;
 - a group of one member has `prefix_len == 0` (a plain request).
+An empty prompt can only be a plain request (the planner never shares from it); whether it can
+run at all is the engine's call.
 """
 
 from __future__ import annotations
@@ -161,7 +163,7 @@ def check_groups(groups: Sequence[PrefixGroup], requests: Sequence["Request"]) -
                 raise PlanError(f"request {m} is in more than one plan group: damaged plan")
             seen[m] = True
             ids = requests[m].prompt_ids
-            if g.prefix_len >= ids.shape[0]:
+            if g.prefix_len and g.prefix_len >= ids.shape[0]:
                 raise PlanError(
                     f"plan group {pos}: request {m} has {ids.shape[0]} prompt tokens, not more "
                     f"than the group prefix of {g.prefix_len}: damaged plan"

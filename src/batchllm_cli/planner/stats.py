@@ -15,7 +15,7 @@ TOP_GROUPS = 10  # groups listed in the report
 MEMBER_PREVIEW = 8  # member indices kept per listed group (the CLI decodes the first)
 
 
-def _r(x: float) -> float:
+def round6(x: float) -> float:
     """Rounded so that the JSON of a plan does not depend on float noise."""
     return round(float(x), 6)
 
@@ -32,7 +32,7 @@ class LengthSummary:
     def of(cls, lengths: np.ndarray) -> "LengthSummary":
         if lengths.size == 0:
             return cls()
-        return cls(int(lengths.min()), _r(lengths.mean()), int(lengths.max()))
+        return cls(int(lengths.min()), round6(lengths.mean()), int(lengths.max()))
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ def compute_stats(
         distinct_len=LengthSummary.of(distinct),
         logical_prefill_tokens=logical,
         processed_prefill_tokens=processed,
-        saving_ratio=_r(1 - processed / logical) if logical else 0.0,
+        saving_ratio=round6(1 - processed / logical) if logical else 0.0,
         top_groups=tuple(
             TopGroup(
                 position=i,
