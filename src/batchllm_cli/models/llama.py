@@ -78,7 +78,7 @@ class LlamaForCausalLM(nn.Module):
             else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         )
         # float32 whatever the weights' dtype: positions up to 128k need the precision.
-        self.register_buffer("cos_sin_cache", build_cos_sin_cache(config), persistent=False)
+        self.register_buffer("cos_sin_cache", build_cos_sin_cache(config, "cpu"), persistent=False)
 
     def init_buffers(self, device: torch.device | str) -> None:
         """Rebuilds non-parameter state after the model was created on the meta device."""

@@ -12,7 +12,7 @@ from batchllm_cli.models.config import ModelConfig
 def inverse_frequencies(config: ModelConfig) -> torch.Tensor:
     """Per-pair rotation frequencies [head_dim / 2] float32, after the config's rope scaling."""
     dim = config.head_dim
-    inv = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    inv = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
     scaling = config.rope_scaling
     if scaling is None:
         return inv
@@ -32,7 +32,11 @@ def inverse_frequencies(config: ModelConfig) -> torch.Tensor:
 
 
 def build_cos_sin_cache(config: ModelConfig, device: torch.device | str = "cpu") -> torch.Tensor:
-    """[max_position, head_dim] float32 rows cat(cos, sin) of position x frequency."""
+    """[max_position, head_dim] float32 rows cat(cos, sin) of position x frequency.
+
+    Computed on the CPU, even inside a `torch.device("meta")` block, then moved: the table is
+    the same on every device.
+    """
     inv = inverse_frequencies(config)
-    freqs = torch.outer(torch.arange(config.max_position, dtype=torch.float32), inv)
+    freqs = torch.outer(torch.arange(config.max_position, dtype=torch.float32, device="cpu"), inv)
     return torch.cat((freqs.cos(), freqs.sin()), dim=-1).to(device)
