@@ -1,0 +1,139 @@
+"""Varlen prefill attention over the paged cache (flash-attention 2 style), causal.
+
+Work item = (q tile of one prefill item, query head). A tile's queries first see the item's
+shared prefix segment (every key visible), then its own segment: the keys before the tile's
+first query without a mask, the diagonal part with the causal mask. A group's prefix being
+prefilled is an item with no shared segment; a distinct part is one with it.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from batchllm_kernels.metadata import AttentionMetadata
+from batchllm_kernels.triton_util import dot, find_tile, load_kv_tile, next_pow2, online_softmax_step
+
+_LOG2E = 1.4426950408889634
+_SCAN = 256
+
+
+@triton.jit
+def _attend_range(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, lo, hi, row_pos, kv_head,
+                  sm_scale_log2, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                  offs_n, offs_d, d_mask, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                  CAUSAL: tl.constexpr):
+    """Folds keys lo:hi of one paged sequence into the running state (causal: key <= row_pos)."""
+    for start in range(lo, hi, BLOCK_N):
+        pos = start + offs_n
+        pos_mask = pos < hi
+        k = load_kv_tile(k_cache_ptr, table, pos, pos_mask, kv_head,
+                         stride_kb, stride_ks, stride_kh, offs_d, d_mask, BLOCK_SIZE)
+        v = load_kv_tile(v_cache_ptr, table, pos, pos_mask, kv_head,
+                         stride_vb, stride_vs, stride_vh, offs_d, d_mask, BLOCK_SIZE)
+        qk = dot(q, tl.trans(k)) * sm_scale_log2
+        visible = pos_mask[None, :]
+        if CAUSAL:
+            visible = visible & (pos[None, :] <= row_pos[:, None])
+        qk = tl.where(visible, qk, float("-inf"))
+        acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, qk, v)
+    return acc, m_i, l_i
+
+
+@triton.jit(do_not_specialize=["first_item", "num_items", "stride_own_table", "stride_shared_table"])
+def prefill_attention_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, o_ptr,
+    cu_ptr, own_ctx_ptr, own_tables_ptr, shared_ids_ptr, shared_lens_ptr, shared_tables_ptr,
+    first_item, num_items, sm_scale_log2,
+    stride_qt, stride_qh, stride_ot, stride_oh,
+    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    stride_own_table, stride_shared_table,
+    GQA_RATIO: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, SCAN: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    q_head = tl.program_id(1)
+    kv_head = q_head // GQA_RATIO
+    idx, tiles_before = find_tile(cu_ptr + first_item, num_items, tile, BLOCK_M, SCAN)
+    if idx < num_items:
+        item = first_item + idx
+        q_start = tl.load(cu_ptr + item)
+        q_len = tl.load(cu_ptr + item + 1) - q_start
+        tile_start = (tile - tiles_before) * BLOCK_M
+        offs_m = tile_start + tl.arange(0, BLOCK_M)
+        row_valid = offs_m < q_len
+        ctx = tl.load(own_ctx_ptr + item)
+        row_pos = ctx + offs_m  # own position of each query
+        token = (q_start + offs_m).to(tl.int64)
+        offs_d = tl.arange(0, BLOCK_D)
+        d_mask = offs_d < HEAD_DIM
+        q = tl.load(q_ptr + token[:, None] * stride_qt + q_head * stride_qh + offs_d[None, :],
+                    mask=row_valid[:, None] & d_mask[None, :], other=0.0)
+        m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        offs_n = tl.arange(0, BLOCK_N)
+
+        shared = tl.load(shared_ids_ptr + item)
+        shared_row = tl.maximum(shared, 0)
+        shared_len = tl.load(shared_lens_ptr + shared_row, mask=shared >= 0, other=0)
+        shared_table = shared_tables_ptr + shared_row.to(tl.int64) * stride_shared_table
+        acc, m_i, l_i = _attend_range(
+            acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, shared_table, 0, shared_len, row_pos,
+            kv_head, sm_scale_log2, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+            offs_n, offs_d, d_mask, BLOCK_N, BLOCK_SIZE, False)
+
+        own_table = own_tables_ptr + item.to(tl.int64) * stride_own_table
+        full_end = ctx + tile_start  # every query of the tile sees the keys before this
+        diag_end = ctx + tl.minimum(q_len, tile_start + BLOCK_M)
+        acc, m_i, l_i = _attend_range(
+            acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, own_table, 0, full_end, row_pos,
+            kv_head, sm_scale_log2, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+            offs_n, offs_d, d_mask, BLOCK_N, BLOCK_SIZE, False)
+        acc, m_i, l_i = _attend_range(
+            acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, own_table, full_end, diag_end, row_pos,
+            kv_head, sm_scale_log2, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+            offs_n, offs_d, d_mask, BLOCK_N, BLOCK_SIZE, True)
+
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        tl.store(o_ptr + token[:, None] * stride_ot + q_head * stride_oh + offs_d[None, :],
+                 out.to(o_ptr.dtype.element_ty), mask=row_valid[:, None] & d_mask[None, :])
+
+
+def prefill_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    out: torch.Tensor,
+    *,
+    block_m: int = 64,
+    block_n: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 2,
+) -> None:
+    """Attention of the step's prefill items (tokens after the decodes) into `out`, in place."""
+    # q, out: [num_tokens, num_q_heads, head_dim]; caches: [num_blocks, block_size, kv_heads, dim]
+    first_item = meta.num_decodes
+    num_items = meta.num_items - first_item
+    if num_items <= 0:
+        return
+    num_tokens, num_q_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    prefill_tokens = num_tokens - first_item  # each decode item is one token
+    slots = max(1, min(prefill_tokens, num_items + prefill_tokens // block_m))
+    prefill_attention_kernel[(slots, num_q_heads)](
+        q, k_cache, v_cache, out,
+        meta.cu_seqlens_q, meta.own_ctx_lens, meta.own_block_tables, meta.shared_ids,
+        meta.shared_lens, meta.shared_block_tables,
+        first_item, num_items, scale * _LOG2E,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        meta.own_block_tables.stride(0), meta.shared_block_tables.stride(0),
+        GQA_RATIO=num_q_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_SIZE=meta.block_size, SCAN=_SCAN,
+        num_warps=num_warps, num_stages=num_stages,
+    )

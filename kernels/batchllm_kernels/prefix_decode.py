@@ -1,0 +1,267 @@
+"""Prefix-shared decode attention: one launch for a step's decodes (PAPER.md idea 4).
+
+Work item = (tile, kv head, split). A tile is up to ITEMS decodes of one decode group (a run
+of decodes with one shared prefix segment, or a single decode without one); their queries
+for the GQA_RATIO query heads of the kv head are packed into the M rows of one tile, so every
+prefix KV tile is loaded once for all of them and multiplied as a matrix (horizontal fusion).
+The same program then walks its decodes' own paged segments, each row seeing only its own
+keys, so prefix part, own part and merge happen in one launch. Long ranges are cut into
+`num_splits` splits (split-K); each split writes a partial (o, lse) and the last split of a
+tile to finish (an atomic counter) merges them. Without splits there is nothing to merge.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from batchllm_kernels.metadata import AttentionMetadata
+from batchllm_kernels.triton_util import (
+    dot, find_tile, load_kv_tile, next_pow2, num_sms, online_softmax_step,
+)
+
+_LOG2E = 1.4426950408889634
+_SCAN = 256  # groups examined per step of the in-kernel tile search
+_counters: dict[torch.device, torch.Tensor] = {}
+_retired: list[torch.Tensor] = []  # old counter buffers stay alive for captured CUDA graphs
+
+
+@triton.jit
+def _merge_splits(part_o_ptr, part_lse_ptr, token, q_head, row_mask, offs_d, d_mask, num_splits,
+                  num_decodes, num_q_heads, HEAD_DIM: tl.constexpr):
+    """Log-sum-exp merge of the splits' partial states (lse in log2 units) of a set of rows."""
+    m = tl.full(token.shape, -1.0e30, tl.float32)
+    w = tl.zeros(token.shape, tl.float32)
+    acc = tl.zeros([token.shape[0], offs_d.shape[0]], tl.float32)
+    for sp in range(0, num_splits):
+        row = (sp * num_decodes + token) * num_q_heads + q_head
+        # .cg: read from L2, never a stale L1 line (other programs wrote these).
+        lse = tl.load(part_lse_ptr + row, mask=row_mask, other=float("-inf"), cache_modifier=".cg")
+        o = tl.load(part_o_ptr + row[:, None] * HEAD_DIM + offs_d[None, :],
+                    mask=row_mask[:, None] & d_mask[None, :], other=0.0, cache_modifier=".cg")
+        m_new = tl.maximum(m, lse)
+        a = tl.math.exp2(m - m_new)
+        b = tl.math.exp2(lse - m_new)
+        acc = acc * a[:, None] + o * b[:, None]
+        w = w * a + b
+        m = m_new
+    return acc / tl.where(w > 0, w, 1.0)[:, None]
+
+
+@triton.jit(do_not_specialize=["num_groups", "num_decodes", "num_splits", "num_kv_heads",
+                               "stride_own_table", "stride_shared_table"])
+def prefix_decode_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, o_ptr, part_o_ptr, part_lse_ptr, counter_ptr,
+    group_ptr_ptr, group_shared_ptr, own_ctx_ptr, own_tables_ptr, shared_lens_ptr, shared_tables_ptr,
+    num_groups, num_decodes, num_splits, num_kv_heads, sm_scale_log2,
+    stride_qt, stride_qh, stride_ot, stride_oh,
+    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    stride_own_table, stride_shared_table,
+    GQA_RATIO: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, ITEMS: tl.constexpr, ITEMS_P2: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr,
+    MERGE_IN_LAUNCH: tl.constexpr, SCAN: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    g, tiles_before = find_tile(group_ptr_ptr, num_groups, tile, ITEMS, SCAN)
+    if g < num_groups:
+        group_end = tl.load(group_ptr_ptr + g + 1)
+        first = tl.load(group_ptr_ptr + g) + (tile - tiles_before) * ITEMS
+        count = tl.minimum(group_end - first, ITEMS)
+
+        # Rows: (decode j of the tile, query head r of this kv head) -> row j * GQA_RATIO + r.
+        offs_m = tl.arange(0, BLOCK_M)
+        row_item = offs_m // GQA_RATIO
+        row_valid = row_item < count
+        token = (first + row_item).to(tl.int64)  # decodes lead the step: item i is token i
+        q_head = kv_head * GQA_RATIO + offs_m % GQA_RATIO
+        offs_d = tl.arange(0, BLOCK_D)
+        d_mask = offs_d < HEAD_DIM
+        q = tl.load(q_ptr + token[:, None] * stride_qt + q_head[:, None] * stride_qh + offs_d[None, :],
+                    mask=row_valid[:, None] & d_mask[None, :], other=0.0)
+        m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        offs_n = tl.arange(0, BLOCK_N)
+
+        # Shared prefix: one KV tile load serves every row of the tile.
+        shared = tl.load(group_shared_ptr + g)
+        shared_row = tl.maximum(shared, 0)
+        shared_len = tl.load(shared_lens_ptr + shared_row, mask=shared >= 0, other=0)
+        shared_table = shared_tables_ptr + shared_row.to(tl.int64) * stride_shared_table
+        n_tiles = tl.cdiv(shared_len, BLOCK_N)
+        per_split = tl.cdiv(n_tiles, num_splits)
+        t_lo = split * per_split
+        t_hi = tl.minimum(n_tiles, t_lo + per_split)
+        for t in range(t_lo, t_hi):
+            pos = t * BLOCK_N + offs_n
+            pos_mask = pos < shared_len
+            k = load_kv_tile(k_cache_ptr, shared_table, pos, pos_mask, kv_head,
+                             stride_kb, stride_ks, stride_kh, offs_d, d_mask, BLOCK_SIZE)
+            v = load_kv_tile(v_cache_ptr, shared_table, pos, pos_mask, kv_head,
+                             stride_vb, stride_vs, stride_vh, offs_d, d_mask, BLOCK_SIZE)
+            qk = dot(q, tl.trans(k)) * sm_scale_log2
+            qk = tl.where(pos_mask[None, :], qk, float("-inf"))
+            acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, qk, v)
+
+        # Own segments: a flat loop over (decode j, own tile) so that loads pipeline across
+        # decodes; each own tile updates only the rows of its decode.
+        offs_i = tl.arange(0, ITEMS_P2)
+        own_lens = tl.load(own_ctx_ptr + first + offs_i, mask=offs_i < count, other=-1) + 1
+        max_tiles = tl.max(tl.cdiv(own_lens, BLOCK_N), 0)
+        total = count * max_tiles
+        per_split_own = tl.cdiv(total, num_splits)
+        f_lo = split * per_split_own
+        f_hi = tl.minimum(total, f_lo + per_split_own)
+        for f in range(f_lo, f_hi):
+            j = f // max_tiles
+            item = first + j
+            own_len = tl.load(own_ctx_ptr + item) + 1  # the decode's own new token is cached
+            pos = (f - j * max_tiles) * BLOCK_N + offs_n
+            pos_mask = pos < own_len
+            own_table = own_tables_ptr + item.to(tl.int64) * stride_own_table
+            k = load_kv_tile(k_cache_ptr, own_table, pos, pos_mask, kv_head,
+                             stride_kb, stride_ks, stride_kh, offs_d, d_mask, BLOCK_SIZE)
+            v = load_kv_tile(v_cache_ptr, own_table, pos, pos_mask, kv_head,
+                             stride_vb, stride_vs, stride_vh, offs_d, d_mask, BLOCK_SIZE)
+            qk = dot(q, tl.trans(k)) * sm_scale_log2
+            qk = tl.where((row_item == j)[:, None] & pos_mask[None, :], qk, float("-inf"))
+            acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, qk, v)
+
+        out_mask = row_valid[:, None] & d_mask[None, :]
+        if SPLIT:
+            lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
+            part = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+            row = (split * num_decodes + token) * (num_kv_heads * GQA_RATIO) + q_head
+            tl.store(part_lse_ptr + row, lse, mask=row_valid)
+            tl.store(part_o_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], part, mask=out_mask)
+            if MERGE_IN_LAUNCH:
+                # Every thread's partial stores happen before the counter's release.
+                tl.debug_barrier()
+                counter = counter_ptr + tile * num_kv_heads + kv_head
+                arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+                if arrived == num_splits - 1:
+                    tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # zero for the next launch
+                    tl.debug_barrier()
+                    out = _merge_splits(part_o_ptr, part_lse_ptr, token, q_head, row_valid, offs_d,
+                                        d_mask, num_splits, num_decodes,
+                                        num_kv_heads * GQA_RATIO, HEAD_DIM)
+                    tl.store(o_ptr + token[:, None] * stride_ot + q_head[:, None] * stride_oh
+                             + offs_d[None, :], out.to(o_ptr.dtype.element_ty), mask=out_mask)
+        else:
+            out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+            tl.store(o_ptr + token[:, None] * stride_ot + q_head[:, None] * stride_oh + offs_d[None, :],
+                     out.to(o_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit(do_not_specialize=["num_decodes", "num_splits"])
+def decode_merge_kernel(
+    part_o_ptr, part_lse_ptr, o_ptr, num_decodes, num_splits, stride_ot, stride_oh,
+    NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """The separate merge launch (MERGE_IN_LAUNCH off): one program per decode token."""
+    token = tl.program_id(0).to(tl.int64)
+    heads = tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, BLOCK_D)
+    hmask = heads < NUM_Q_HEADS
+    d_mask = offs_d < HEAD_DIM
+    tokens = tl.zeros([BLOCK_H], tl.int64) + token
+    out = _merge_splits(part_o_ptr, part_lse_ptr, tokens, heads, hmask, offs_d, d_mask, num_splits,
+                        num_decodes, NUM_Q_HEADS, HEAD_DIM)
+    tl.store(o_ptr + token * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+             out.to(o_ptr.dtype.element_ty), mask=hmask[:, None] & d_mask[None, :])
+
+
+def _counter_buffer(device: torch.device, size: int) -> torch.Tensor:
+    """Zeroed arrival counters, reused across launches (each merge resets its own to zero)."""
+    buf = _counters.get(device)
+    if buf is None or buf.numel() < size:
+        if buf is not None:
+            _retired.append(buf)
+        buf = torch.zeros(max(size, 4096), dtype=torch.int32, device=device)
+        _counters[device] = buf
+    return buf
+
+
+def decode_launch_shape(num_decodes: int, num_groups: int, gqa_ratio: int, num_kv_heads: int,
+                        max_kv_len: int, device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK_M, tile slots, splits) for a step, from host values only (no device sync)."""
+    avg_rows = math.ceil(num_decodes * gqa_ratio / max(1, num_groups))
+    block_m = min(max(next_pow2(avg_rows), 16, next_pow2(gqa_ratio)), max(128, next_pow2(gqa_ratio)))
+    items = block_m // gqa_ratio
+    # Tiles: a group of n decodes takes cdiv(n, items) tiles; this bounds their sum.
+    slots = max(1, min(num_decodes, num_groups + num_decodes // items))
+    # Split the KV ranges only when the tiles alone leave multiprocessors idle (the paper's
+    # weak case: few groups, long prefix); each split costs a partial write and read.
+    busy = max(num_groups, math.ceil(num_decodes / items)) * num_kv_heads
+    sms = num_sms(device)
+    splits = 1
+    if busy < sms:
+        splits = min(math.ceil(2 * sms / busy), max(1, max_kv_len // 256))
+    return block_m, slots, max(1, splits)
+
+
+def prefix_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    out: torch.Tensor,
+    *,
+    num_splits: int | None = None,
+    block_m: int | None = None,
+    block_n: int = 64,
+    merge_in_launch: bool = True,
+    num_warps: int | None = None,
+    num_stages: int = 3,
+) -> None:
+    """Attention of the step's decode tokens (rows 0:num_decodes of q) into `out`, in place."""
+    # q, out: [num_tokens, num_q_heads, head_dim]; caches: [num_blocks, block_size, kv_heads, dim]
+    num_decodes = meta.num_decodes
+    if num_decodes == 0:
+        return
+    _, num_q_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    gqa = num_q_heads // num_kv_heads
+    num_groups = int(meta.decode_group_shared.shape[0])
+    auto_m, slots, auto_splits = decode_launch_shape(
+        num_decodes, num_groups, gqa, num_kv_heads, meta.max_kv_len, q.device)
+    block_m = block_m or auto_m
+    splits = num_splits or auto_splits
+    items = block_m // gqa
+    if items < 1:
+        raise ValueError(f"block_m {block_m} is smaller than the GQA ratio {gqa}")
+    slots = max(1, min(num_decodes, num_groups + num_decodes // items))
+    if splits > 1:
+        part_o = torch.empty((splits, num_decodes, num_q_heads, head_dim), dtype=torch.float32,
+                             device=q.device)
+        part_lse = torch.empty((splits, num_decodes, num_q_heads), dtype=torch.float32, device=q.device)
+    else:
+        part_o = part_lse = out  # unused
+    counters = _counter_buffer(q.device, slots * num_kv_heads) if splits > 1 and merge_in_launch else out
+    prefix_decode_kernel[(slots, num_kv_heads, splits)](
+        q, k_cache, v_cache, out, part_o, part_lse, counters,
+        meta.decode_group_ptr, meta.decode_group_shared, meta.own_ctx_lens, meta.own_block_tables,
+        meta.shared_lens, meta.shared_block_tables,
+        num_groups, num_decodes, splits, num_kv_heads, scale * _LOG2E,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        meta.own_block_tables.stride(0), meta.shared_block_tables.stride(0),
+        GQA_RATIO=gqa, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim),
+        BLOCK_M=block_m, ITEMS=items, ITEMS_P2=max(16, next_pow2(items)), BLOCK_N=block_n,
+        BLOCK_SIZE=meta.block_size, SPLIT=splits > 1, MERGE_IN_LAUNCH=merge_in_launch, SCAN=_SCAN,
+        num_warps=num_warps or (8 if block_m >= 128 else 4), num_stages=num_stages,
+    )
+    if splits > 1 and not merge_in_launch:
+        decode_merge_kernel[(num_decodes,)](
+            part_o, part_lse, out, num_decodes, splits, out.stride(0), out.stride(1),
+            NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_H=next_pow2(num_q_heads),
+            BLOCK_D=next_pow2(head_dim), num_warps=4,
+        )

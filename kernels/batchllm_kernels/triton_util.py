@@ -1,0 +1,95 @@
+"""Small helpers shared by the Triton kernels and their launchers (no kernels here)."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+@functools.lru_cache(maxsize=8)
+def num_sms(device: torch.device) -> int:
+    """Multiprocessors of `device`; a small stand-in under the interpreter (work splits stay tested)."""
+    if device.type != "cuda" or interpreting():
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+# Triton's interpreter multiplies bfloat16 tiles wrongly (triton 3.9): there, products run in
+# float32 on the already-rounded operands, which is what the GPU's tensor cores compute too.
+_DOT_IN_F32 = tl.constexpr(interpreting())
+
+
+@triton.jit
+def dot(a, b):
+    """tl.dot(a, b) with a float32 accumulator (see _DOT_IN_F32)."""
+    if _DOT_IN_F32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32))
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def find_tile(ptr_ptr, num_entries, tile, PER_TILE: tl.constexpr, SCAN: tl.constexpr):
+    """Maps a flat tile index to (entry, tiles before that entry) on the device.
+
+    Entry e owns the rows ptr[e]:ptr[e+1] (a monotone pointer array such as cu_seqlens or
+    decode_group_ptr) and is cut into cdiv(rows, PER_TILE) tiles, numbered entry by entry.
+    Computing this in the kernel (instead of a host-built map) keeps the launch free of host
+    syncs and extra launches, so it can sit in a CUDA graph. entry == num_entries: past the end.
+    """
+    entry = 0
+    before = 0
+    base = 0
+    for start in range(0, num_entries, SCAN):
+        offs = start + tl.arange(0, SCAN)
+        live = offs < num_entries
+        lo = tl.load(ptr_ptr + offs, mask=live, other=0)
+        hi = tl.load(ptr_ptr + offs + 1, mask=live, other=0)
+        tiles = tl.where(live, (hi - lo + PER_TILE - 1) // PER_TILE, 0)
+        ends = tl.cumsum(tiles, 0) + base  # tile index just past each entry's tiles
+        done = live & (ends <= tile)
+        entry += tl.sum(done.to(tl.int32), 0)
+        before += tl.sum(tl.where(done, tiles, 0), 0)
+        base += tl.sum(tiles, 0)
+    return entry, before
+
+
+@triton.jit
+def load_kv_tile(
+    cache_ptr, table_row_ptr, pos, pos_mask, kv_head, stride_b, stride_s, stride_h, offs_d, d_mask,
+    BLOCK_SIZE: tl.constexpr,
+):
+    """Gathers the [BLOCK_N, BLOCK_D] K or V rows at token positions `pos` of one paged sequence."""
+    blk = tl.load(table_row_ptr + pos // BLOCK_SIZE, mask=pos_mask, other=0).to(tl.int64)
+    # int64 offsets: a large cache has more than 2**31 elements.
+    row = blk * stride_b + (pos % BLOCK_SIZE).to(tl.int64) * stride_s + kv_head.to(tl.int64) * stride_h
+    ptrs = cache_ptr + row[:, None] + offs_d[None, :]
+    return tl.load(ptrs, mask=pos_mask[:, None] & d_mask[None, :], other=0.0)
+
+
+@triton.jit
+def online_softmax_step(acc, m_i, l_i, qk, v):
+    """One flash-attention update with a tile of scores (log2 units, hidden keys at -inf).
+
+    m_i starts at a large finite negative number, not -inf, so that a row whose keys are all
+    hidden in this tile keeps alpha = 1 and p = 0 instead of producing nan.
+    """
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(qk - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + dot(p.to(v.dtype), v)
+    return acc, m_new, l_i
