@@ -11,7 +11,13 @@ from batchllm_cli.planner.lru_sim import simulate_lru
 from batchllm_cli.planner.radix import RadixTree
 
 
-def run(prompts: list[list[int]], max_tokens: list[int] | int, block_size: int, pool: int, max_running: int = 256):
+def run(
+    prompts: list[list[int]],
+    max_tokens: list[int] | int,
+    block_size: int,
+    pool: int,
+    max_running: int = 256,
+):
     arrays = [np.asarray(p, dtype=np.int32) for p in prompts]
     out = np.broadcast_to(np.asarray(max_tokens, dtype=np.int64), (len(arrays),))
     return simulate_lru(RadixTree.build(arrays), out, block_size, pool, max_running)
@@ -28,7 +34,10 @@ def reference_hits(prompts, max_tokens, bs: int, pool: int, max_running: int) ->
         p = np.asarray(p, dtype=np.int32)
         keys = [p[: (j + 1) * bs].tobytes() for j in range(len(p) // bs)]
         private = -(-(len(p) + mt) // bs) - len(p) // bs
-        while running and (in_use + private + sum(ref.get(k, 0) == 0 for k in keys) > pool or len(running) >= max_running):
+        while running and (
+            in_use + private + sum(ref.get(k, 0) == 0 for k in keys) > pool
+            or len(running) >= max_running
+        ):
             old, old_private = running.popleft()
             in_use -= old_private
             for k in reversed(old):
@@ -96,7 +105,8 @@ def test_matches_block_by_block_reference(seed: int) -> None:
     bs = int(rng.choice([2, 4, 8]))
     stems = [rng.integers(0, 5, size=rng.integers(4, 40)).tolist() for _ in range(4)]
     prompts = [
-        stems[rng.integers(4)][: rng.integers(0, 40)] + rng.integers(0, 5, size=rng.integers(0, 12)).tolist()
+        stems[rng.integers(4)][: rng.integers(0, 40)]
+        + rng.integers(0, 5, size=rng.integers(0, 12)).tolist()
         for _ in range(rng.integers(2, 40))
     ]
     max_tokens = rng.integers(1, 10, size=len(prompts)).tolist()

@@ -34,7 +34,12 @@ def test_fewer_prompt_tokens_first_with_equal_outputs() -> None:
 def test_ties_keep_input_order_and_output_length_counts() -> None:
     lens = np.array([10, 10, 10, 10])
     out = np.array([5, 5, 50, 5])
-    groups = [PrefixGroup(0, (3,)), PrefixGroup(0, (1,)), PrefixGroup(0, (0,)), PrefixGroup(0, (2,))]
+    groups = [
+        PrefixGroup(0, (3,)),
+        PrefixGroup(0, (1,)),
+        PrefixGroup(0, (0,)),
+        PrefixGroup(0, (2,)),
+    ]
     ordered = order_groups(groups, lens, out)
     # request 2 decodes the most per prefill token; the others tie and follow by index
     assert [g.members for g in ordered] == [(2,), (0,), (1,), (3,)]

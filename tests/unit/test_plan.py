@@ -16,7 +16,9 @@ from batchllm_cli.types import Request, SamplingParams
 VOCAB = 50_000
 
 
-def microbench(prefix: int, distinct: int, degree: int, num_groups: int, seed: int = 0) -> list[Request]:
+def microbench(
+    prefix: int, distinct: int, degree: int, num_groups: int, seed: int = 0
+) -> list[Request]:
     """The paper's synthetic workload: groups of `degree` prompts on a shared prefix, shuffled.
 
     Prefixes differ at their first token and so do the distinct parts of a group, so nothing is
@@ -32,7 +34,9 @@ def microbench(prefix: int, distinct: int, degree: int, num_groups: int, seed: i
             own[0] = own_first
             prompts.append(np.concatenate([pre, own]))
     sp = SamplingParams(max_tokens=100)
-    return [Request(i, f"r{i}", prompts[j], sp) for i, j in enumerate(rng.permutation(len(prompts)))]
+    return [
+        Request(i, f"r{i}", prompts[j], sp) for i, j in enumerate(rng.permutation(len(prompts)))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +137,9 @@ def test_from_json_rejects_other_files() -> None:
         Plan.from_json(b'{"id": 1}')
     with pytest.raises(PlanError, match="not a batchllm plan"):
         Plan.from_json(b"not json")
-    data = build_plan(small_job(), PlanSettings()).to_json().replace(b'"version":1', b'"version":99')
+    data = (
+        build_plan(small_job(), PlanSettings()).to_json().replace(b'"version":1', b'"version":99')
+    )
     with pytest.raises(PlanError, match="version 99"):
         Plan.from_json(data)
 
@@ -149,7 +155,12 @@ def test_sharing_off_is_input_order() -> None:
 def test_settings_from_engine() -> None:
     cfg = EngineConfig(block_size=32, token_budget=512, min_prefix_tokens=64, prefix_sharing=False)
     s = PlanSettings.from_engine(cfg, num_kv_blocks=777)
-    assert (s.block_size, s.token_budget, s.min_prefix_tokens, s.prefix_sharing) == (32, 512, 64, False)
+    assert (s.block_size, s.token_budget, s.min_prefix_tokens, s.prefix_sharing) == (
+        32,
+        512,
+        64,
+        False,
+    )
     assert s.num_kv_blocks == 777 and s.memory_bound == cfg.memory_bound
 
 
@@ -165,3 +176,43 @@ def test_peak_kv_blocks_estimate() -> None:
     assert estimate_peak_kv_blocks(groups, lens, out, 16, bound_blocks=4) == 4
     # one request larger than the bound still shows: the plan cannot run in that pool
     assert estimate_peak_kv_blocks(groups, lens, out, 16, bound_blocks=1) == 3
+
+
+def test_random_jobs_give_valid_consistent_plans() -> None:
+    rng = np.random.default_rng(99)
+    for _ in range(60):
+        stems = [rng.integers(0, 6, size=rng.integers(1, 60)) for _ in range(3)]
+        reqs = []
+        for i in range(int(rng.integers(1, 30))):
+            ids = np.concatenate(
+                [
+                    stems[rng.integers(3)][: rng.integers(0, 60)],
+                    rng.integers(0, 6, rng.integers(1, 8)),
+                ]
+            )
+            reqs.append(
+                Request(
+                    i,
+                    str(i),
+                    ids.astype(np.int32),
+                    SamplingParams(max_tokens=int(rng.integers(1, 40))),
+                )
+            )
+        settings = PlanSettings(
+            min_prefix_tokens=int(rng.integers(1, 8)),
+            block_size=4,
+            num_kv_blocks=int(rng.integers(8, 200)),
+        )
+        plan = build_plan(reqs, settings)
+        plan.validate(reqs, settings)
+        s = plan.stats
+        lens = [r.prompt_len for r in reqs]
+        processed = sum(
+            g.prefix_len + sum(lens[m] - g.prefix_len for m in g.members) for g in plan.groups
+        )
+        assert s.processed_prefill_tokens == processed <= s.logical_prefill_tokens == sum(lens)
+        assert s.lru_processed_prefill_tokens is not None and s.lru_processed_prefill_tokens <= sum(
+            lens
+        )
+        assert sum(d * c for d, c in s.degree_histogram) == len(reqs) == s.num_requests
+        assert Plan.from_json(plan.to_json()) == plan

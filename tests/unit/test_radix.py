@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from batchllm_cli.planner.radix import ROOT, RadixTree, common_prefix_len, neighbour_lcps, sort_prompts
+from batchllm_cli.planner.radix import (
+    ROOT,
+    RadixTree,
+    common_prefix_len,
+    neighbour_lcps,
+    sort_prompts,
+)
 
 
 def arrays(*prompts: list[int]) -> list[np.ndarray]:
@@ -60,10 +66,30 @@ def test_common_prefix_len() -> None:
     assert common_prefix_len(a, np.array([], np.int32)) == 0
 
 
+def assert_trie_order(prompts: list[np.ndarray], order: list[int]) -> None:
+    """Prompts sharing a prefix are contiguous, prefixes first, equal prompts in input order."""
+    lists = [prompts[i].tolist() for i in order]
+    for a in range(len(lists)):
+        for b in range(a + 1, len(lists)):
+            shared = common_prefix_len(prompts[order[a]], prompts[order[b]])
+            for k in range(a + 1, b):  # anything between two prompts shares at least their prefix
+                assert lists[k][:shared] == lists[a][:shared]
+            if lists[b][: len(lists[a])] != lists[a] and lists[a][: len(lists[b])] == lists[b]:
+                raise AssertionError(f"{lists[b]} is a prefix of {lists[a]} but sorts after it")
+            if lists[a] == lists[b]:
+                assert order[a] < order[b]
+
+
 def test_sort_handles_large_ids() -> None:
-    # ids above 2**24 and 2**31 - 1: the byte keys must still order them numerically
-    prompts = arrays([2**31 - 1], [256], [2**24 + 1, 0], [1, 2**31 - 1], [1])
-    assert [prompts[i].tolist() for i in sort_prompts(prompts)] == sorted(p.tolist() for p in prompts)
+    # ids above 2**8, 2**24 and up to 2**31 - 1: their bytes must group them like the ids
+    big = [2**31 - 1, 256, 2**24 + 1, 1, 65536]
+    prompts = arrays(big, [256], [2**24 + 1, 0], [1, 2**31 - 1], [1], big[:3], big, [256, 1])
+    order = sort_prompts(prompts).tolist()
+    assert_trie_order(prompts, order)
+    tree = RadixTree.build(prompts)
+    node = int(tree.parent[tree.leaf_of[0]])  # the two copies of `big`, then its 3-token prefix
+    assert sorted(tree.leaves(node).tolist()) == [0, 6] and tree.depth[node] == 5
+    assert sorted(tree.leaves(int(tree.parent[node])).tolist()) == [0, 5, 6]
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -71,21 +97,24 @@ def test_random_trees_reconstruct_prompts(seed: int) -> None:
     rng = np.random.default_rng(seed)
     bases = [rng.integers(0, 3, size=rng.integers(0, 12)) for _ in range(3)]
     prompts = [
-        np.concatenate([bases[rng.integers(3)][: rng.integers(0, 12)], rng.integers(0, 3, rng.integers(0, 5))])
-        .astype(np.int32)
+        np.concatenate(
+            [bases[rng.integers(3)][: rng.integers(0, 12)], rng.integers(0, 3, rng.integers(0, 5))]
+        ).astype(np.int32)
         for _ in range(rng.integers(1, 25))
     ]
     tree = RadixTree.build(prompts)
     as_lists = [p.tolist() for p in prompts]
-    # sorted like Python lists, stable for equal prompts
-    assert tree.order.tolist() == sorted(range(len(prompts)), key=lambda i: as_lists[i])
+    assert_trie_order(prompts, tree.order.tolist())
     ref_lcp = [0] + [
         common_prefix_len(prompts[a], prompts[b]) for a, b in zip(tree.order[:-1], tree.order[1:])
     ]
     assert tree.lcp.tolist() == ref_lcp == neighbour_lcps(prompts, tree.order).tolist()
     for i, p in enumerate(prompts):
         # the edges along a prompt's path spell it
-        assert np.concatenate([tree.edge_tokens(v) for v in tree.path(i)] or [p[:0]]).tolist() == p.tolist()
+        assert (
+            np.concatenate([tree.edge_tokens(v) for v in tree.path(i)] or [p[:0]]).tolist()
+            == p.tolist()
+        )
         assert tree.depth[tree.leaf_of[i]] == len(p)
     for v in range(tree.num_nodes):
         if tree.is_leaf[v]:

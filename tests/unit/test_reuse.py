@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from batchllm_cli.planner.plan import PrefixGroup, check_groups
+from batchllm_cli.planner.plan import check_groups
 from batchllm_cli.planner.radix import RadixTree
 from batchllm_cli.planner.reuse import maximize_reuse, processed_tokens
 from batchllm_cli.types import Request
@@ -28,7 +28,11 @@ def groups_of(prompts: list[list[int]], min_prefix: int = 1) -> set[tuple[int, t
 def test_figure3_split_pays() -> None:
     # root -> C (10 tokens) -> G1 (100 tokens, 4 prompts), G2 (3 tokens, 2 prompts), one more prompt
     c, g1, g2 = fresh(10), fresh(100), fresh(3)
-    prompts = [c + g1 + fresh(5) for _ in range(4)] + [c + g2 + fresh(5) for _ in range(2)] + [c + fresh(7)]
+    prompts = (
+        [c + g1 + fresh(5) for _ in range(4)]
+        + [c + g2 + fresh(5) for _ in range(2)]
+        + [c + fresh(7)]
+    )
     # G1: gain (4-1)*100 - 10 > 0: its own group with prefix C+G1; G2: (2-1)*3 - 10 < 0: stays in C
     assert groups_of(prompts) == {(110, (0, 1, 2, 3)), (10, (4, 5, 6))}
 
@@ -93,7 +97,8 @@ def test_random_prompt_sets_keep_the_invariants() -> None:
     for _ in range(200):
         stems = [rng.integers(0, 4, size=rng.integers(1, 30)).tolist() for _ in range(4)]
         prompts = [
-            stems[rng.integers(4)][: rng.integers(0, 30)] + rng.integers(0, 4, size=rng.integers(0, 6)).tolist()
+            stems[rng.integers(4)][: rng.integers(0, 30)]
+            + rng.integers(0, 4, size=rng.integers(0, 6)).tolist()
             for _ in range(rng.integers(1, 40))
         ]
         arrays = [np.asarray(p, dtype=np.int32) for p in prompts]

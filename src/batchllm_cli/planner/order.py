@@ -9,14 +9,16 @@ the order is total and the plan deterministic.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from batchllm_cli.planner.plan import PrefixGroup
 
 
-def decode_prefill_ratio(group: PrefixGroup, prompt_lens: np.ndarray, max_tokens: np.ndarray) -> float:
+def decode_prefill_ratio(
+    group: PrefixGroup, prompt_lens: np.ndarray, max_tokens: np.ndarray
+) -> float:
     """Expected output tokens per prefill token computed, for one group."""
     members = np.asarray(group.members, dtype=np.int64)
     prefill = group.prefix_len + int(prompt_lens[members].sum()) - group.prefix_len * len(members)
@@ -30,7 +32,9 @@ def order_groups(
 ) -> tuple[PrefixGroup, ...]:
     """`groups` sorted by decode/prefill ratio, descending; ties by smallest member index."""
     sizes = np.fromiter((len(g.members) for g in groups), dtype=np.int64, count=len(groups))
-    members = np.fromiter((m for g in groups for m in g.members), dtype=np.int64, count=int(sizes.sum()))
+    members = np.fromiter(
+        (m for g in groups for m in g.members), dtype=np.int64, count=int(sizes.sum())
+    )
     prefixes = np.fromiter((g.prefix_len for g in groups), dtype=np.int64, count=len(groups))
     starts = np.zeros(len(groups), dtype=np.int64)
     np.cumsum(sizes[:-1], out=starts[1:])

@@ -13,8 +13,9 @@ run at all is the engine's call.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -49,7 +50,7 @@ class PlanSettings:
     memory_bound: float = 0.95
 
     @classmethod
-    def from_engine(cls, config: "EngineConfig", num_kv_blocks: int) -> "PlanSettings":
+    def from_engine(cls, config: EngineConfig, num_kv_blocks: int) -> PlanSettings:
         """The planner's view of an engine config whose KV pool holds `num_kv_blocks` blocks."""
         return cls(
             prefix_sharing=config.prefix_sharing,
@@ -65,16 +66,16 @@ class PlanSettings:
         return f"sharing={int(self.prefix_sharing)};min_prefix={self.min_prefix_tokens}".encode()
 
 
-def input_fingerprint(requests: Sequence["Request"], settings: PlanSettings) -> str:
+def input_fingerprint(requests: Sequence[Request], settings: PlanSettings) -> str:
     """A hash of the tokenized input (ids and max_tokens, in order) and the shaping settings."""
     h = hashlib.sha256()
     h.update(f"batchllm-plan-v{PLAN_VERSION};n={len(requests)};".encode())
     h.update(settings.shaping_key())
+    # lengths and max_tokens first, so that different splits of the same ids cannot collide
+    shape = np.array([(r.prompt_len, r.sampling.max_tokens) for r in requests], dtype="<i8")
+    h.update(shape.tobytes())
     for r in requests:
-        ids = np.ascontiguousarray(r.prompt_ids, dtype="<i4")
-        # length and max_tokens first, so that concatenations of ids cannot collide
-        h.update(np.array([ids.shape[0], r.sampling.max_tokens], dtype="<i8").tobytes())
-        h.update(ids.tobytes())
+        h.update(np.ascontiguousarray(r.prompt_ids, dtype="<i4"))  # no copy for int32 ids
     return h.hexdigest()
 
 
@@ -104,7 +105,7 @@ class Plan:
         return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> "Plan":
+    def from_json(cls, data: bytes | str) -> Plan:
         """Reads what `to_json` wrote; raises PlanError when it is not a plan of this version."""
         try:
             doc = orjson.loads(data)
@@ -114,7 +115,9 @@ class Plan:
                     f"the plan file has version {version}, this batchllm reads version "
                     f"{PLAN_VERSION}: make the plan again with `batchllm plan`"
                 )
-            groups = tuple(PrefixGroup(int(p), tuple(int(m) for m in ms)) for p, ms in doc["groups"])
+            groups = tuple(
+                PrefixGroup(int(p), tuple(int(m) for m in ms)) for p, ms in doc["groups"]
+            )
             return cls(
                 version=version,
                 fingerprint=str(doc["fingerprint"]),
@@ -129,7 +132,7 @@ class Plan:
                 f"not a batchllm plan file ({exc}): make it with `batchllm plan --json FILE`"
             ) from exc
 
-    def validate(self, requests: Sequence["Request"], settings: PlanSettings | None = None) -> None:
+    def validate(self, requests: Sequence[Request], settings: PlanSettings | None = None) -> None:
         """Raises PlanError unless this plan belongs to `requests` (and `settings`, when given)."""
         if settings is not None and settings.shaping_key() != self.settings.shaping_key():
             raise PlanError(
@@ -145,7 +148,7 @@ class Plan:
         check_groups(self.groups, requests)
 
 
-def check_groups(groups: Sequence[PrefixGroup], requests: Sequence["Request"]) -> None:
+def check_groups(groups: Sequence[PrefixGroup], requests: Sequence[Request]) -> None:
     """Raises PlanError when `groups` break an invariant of the module docstring."""
     seen = np.zeros(len(requests), dtype=bool)
     for pos, g in enumerate(groups):
@@ -158,7 +161,9 @@ def check_groups(groups: Sequence[PrefixGroup], requests: Sequence["Request"]) -
         first = None
         for m in g.members:
             if not 0 <= m < len(requests):
-                raise PlanError(f"plan group {pos} names request {m}, the input has {len(requests)}")
+                raise PlanError(
+                    f"plan group {pos} names request {m}, the input has {len(requests)}"
+                )
             if seen[m]:
                 raise PlanError(f"request {m} is in more than one plan group: damaged plan")
             seen[m] = True

@@ -1,9 +1,10 @@
 """A compressed token radix tree over every prompt of a job, built from sorted prompts.
 
-The prompts are sorted lexicographically by their token ids; the longest common prefix (LCP)
-of each sorted neighbour pair then gives the tree in one stack pass, as a suffix tree is built
-from a suffix array. So the tree never looks at a token twice outside the sort and the LCPs,
-and a node's leaves are a contiguous range of the sorted order.
+The prompts are sorted lexicographically by their token ids (see sort_prompts); the longest
+common prefix (LCP) of each sorted neighbour pair then gives the tree in one stack pass, as a
+suffix tree is built
+from a suffix array. So the tree never looks at a token outside the sort and the LCPs, and a
+node's leaves are a contiguous range of the sorted order.
 
 Each prompt is read as if it ended with its own terminator token: every prompt ends at its own
 leaf, even when it equals another prompt or is a prefix of one (those leaves have an edge of
@@ -12,8 +13,8 @@ zero real tokens). An edge is a slice of one representative prompt, never a copy
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -21,12 +22,14 @@ ROOT = 0
 
 
 def sort_prompts(prompts: Sequence[np.ndarray]) -> np.ndarray:
-    """Indices of `prompts` in lexicographic order of their ids, ties in input order.
+    """Indices of `prompts` in a lexicographic order of their ids, ties in input order.
 
-    Big-endian unsigned bytes compare like the ids they encode, so Python's sort does the
-    comparisons with memcmp; a proper prefix sorts before its extensions.
+    The keys are the ids' raw 4-byte little-endian bytes, compared by memcmp in Python's sort.
+    That is lexicographic over the ids under a permuted order of the id values (bytes compare
+    low byte first), which is all a prefix tree needs: prompts sharing a prefix stay
+    contiguous and a proper prefix sorts before its extensions. It saves a conversion pass.
     """
-    keys = [p.astype(">u4").tobytes() for p in prompts]
+    keys = [np.ascontiguousarray(p, dtype="<i4").tobytes() for p in prompts]
     order = sorted(range(len(prompts)), key=keys.__getitem__)
     return np.asarray(order, dtype=np.int64)
 
@@ -59,7 +62,7 @@ class RadixTree:
 
     Node arrays are indexed by node id. `depth[v]` is the number of real tokens from the root
     to the end of v's edge (a leaf's depth is its prompt's length). Leaves of v are the sorted
-    prompts lo[v]..hi[v]-1. Children lists are in lexicographic order.
+    prompts lo[v]..hi[v]-1. Children lists are in sorted order.
     """
 
     prompts: Sequence[np.ndarray]  # the job's prompt ids, not copied
@@ -91,7 +94,9 @@ class RadixTree:
     def edge_tokens(self, v: int) -> np.ndarray:
         """The ids on the edge into v: a view of one of its prompts."""
         if v == ROOT:
-            return self.prompts[int(self.order[0])][:0] if len(self.order) else np.zeros(0, np.int32)
+            return (
+                self.prompts[int(self.order[0])][:0] if len(self.order) else np.zeros(0, np.int32)
+            )
         start = int(self.depth[self.parent[v]])
         return self.prompts[int(self.order[self.lo[v]])][start : int(self.depth[v])]
 
@@ -105,7 +110,7 @@ class RadixTree:
         return nodes[::-1]
 
     @classmethod
-    def build(cls, prompts: Sequence[np.ndarray]) -> "RadixTree":
+    def build(cls, prompts: Sequence[np.ndarray]) -> RadixTree:
         """The tree of `prompts` (int arrays), in O(sort + total LCP) time."""
         n = len(prompts)
         order = sort_prompts(prompts)
@@ -119,8 +124,10 @@ class RadixTree:
         leaf_sorted = [0] * n
 
         def new(d: int, start: int, is_leaf: bool) -> int:
-            parent.append(-1), depth.append(d), lo.append(start), hi.append(start)
-            leaf.append(is_leaf), children.append([])
+            for column, value in ((parent, -1), (depth, d), (lo, start), (hi, start)):
+                column.append(value)
+            leaf.append(is_leaf)
+            children.append([])
             return len(depth) - 1
 
         def attach(child: int, to: int) -> None:
@@ -128,16 +135,16 @@ class RadixTree:
             children[to].append(child)
 
         stack = [ROOT]
-        for i, l in enumerate(lcp.tolist()):
-            while depth[stack[-1]] > l:
+        for i, shared in enumerate(lcp.tolist()):
+            while depth[stack[-1]] > shared:
                 last = stack.pop()
                 hi[last] = i
                 if not leaf[last]:
                     post.append(last)
-                if depth[stack[-1]] >= l:
+                if depth[stack[-1]] >= shared:
                     attach(last, stack[-1])
                 else:  # the branch point of prompts i-1 and i lies inside the edge into last
-                    mid = new(l, lo[last], False)
+                    mid = new(shared, lo[last], False)
                     attach(last, mid)
                     stack.append(mid)
             leaf_sorted[i] = new(lens[i] + 1, i, True)

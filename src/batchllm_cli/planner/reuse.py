@@ -15,7 +15,7 @@ group (its members become plain requests).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from batchllm_cli.planner.radix import ROOT, RadixTree
 
 def flatten(tree: RadixTree) -> tuple[list[int], list[int], list[list[int]]]:
     """Runs the bottom-up pass: the root's children after it, their prefix lengths, their leaves."""
-    edge = [tree.edge_len(v) for v in range(tree.num_nodes)]
+    edge = (tree.depth - tree.depth[np.maximum(tree.parent, 0)]).tolist()  # the root's is 0
     leaves = (tree.hi - tree.lo).tolist()
     children = [list(c) for c in tree.children]
     for p in tree.post_order.tolist():
@@ -76,7 +76,7 @@ def maximize_reuse(tree: RadixTree, min_prefix_tokens: int) -> list[PrefixGroup]
     lens = tree.depth  # a leaf's depth is its prompt's length
     groups: list[PrefixGroup] = []
     for prefix, leaf_nodes in zip(prefix_lens, leaf_sets):
-        members = sorted(request_of_leaf[leaf_nodes].tolist())
+        members = np.sort(request_of_leaf[leaf_nodes]).tolist()
         if len(members) > 1:
             prefix = min(prefix, int(lens[leaf_nodes].min()) - 1)
             if prefix >= min_prefix_tokens:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ class LengthSummary:
     max: int = 0
 
     @classmethod
-    def of(cls, lengths: np.ndarray) -> "LengthSummary":
+    def of(cls, lengths: np.ndarray) -> LengthSummary:
         if lengths.size == 0:
             return cls()
         return cls(int(lengths.min()), round6(lengths.mean()), int(lengths.max()))
@@ -74,7 +75,7 @@ class PlanStats:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PlanStats":
+    def from_dict(cls, d: dict[str, Any]) -> PlanStats:
         d = dict(d)
         d["degree_histogram"] = tuple((int(a), int(b)) for a, b in d["degree_histogram"])
         d["prefix_len"] = LengthSummary(**d["prefix_len"])
@@ -86,7 +87,7 @@ class PlanStats:
 
 
 def estimate_peak_kv_blocks(
-    groups: Sequence["PrefixGroup"],
+    groups: Sequence[PrefixGroup],
     prompt_lens: np.ndarray,
     max_tokens: np.ndarray,
     block_size: int,
@@ -123,10 +124,10 @@ def estimate_peak_kv_blocks(
 
 
 def compute_stats(
-    groups: Sequence["PrefixGroup"],
+    groups: Sequence[PrefixGroup],
     prompt_lens: np.ndarray,  # [num_requests] int64
     max_tokens: np.ndarray,  # [num_requests] int64
-    settings: "PlanSettings",
+    settings: PlanSettings,
 ) -> PlanStats:
     """The report of a plan, without the LRU comparison (build_plan adds that)."""
     n = int(prompt_lens.shape[0])
