@@ -239,8 +239,7 @@ class Scheduler:
     def update(self, batch: StepBatch, sampled_ids: Sequence[int], stop: StopFn | None = None) -> list[RequestState]:
         """Applies a step: advances prefills, appends `sampled_ids` (one per sampling item, in
         item order), finishes requests; returns the requests that finished in this step."""
-        states = {s.index: s for s in self._prefilling if isinstance(s, RequestState)}
-        states.update((s.index, s) for s in self._decoding)
+        states = self.active_states()
         finished: list[RequestState] = []
         sampled = iter(sampled_ids)
         for item in batch.items:
@@ -270,6 +269,12 @@ class Scheduler:
         if finished:
             self._decoding = [s for s in self._decoding if s.status is Status.DECODE]
         return finished
+
+    def active_states(self) -> dict[int, RequestState]:
+        """Requests that are prefilling or decoding, by request index."""
+        states = {u.index: u for u in self._prefilling if isinstance(u, RequestState)}
+        states.update((s.index, s) for s in self._decoding)
+        return states
 
     def _finish(self, state: RequestState, reason: FinishReason) -> None:
         state.status = Status.FINISHED
