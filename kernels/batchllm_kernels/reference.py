@@ -92,28 +92,31 @@ def attention_with_lse(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention of a batch of query runs over one KV segment each, with its lse.
 
-    q: [batch, q_len, num_heads, head_dim]; k, v: [batch, kv_len, num_kv_heads, head_dim];
-    mask: [batch, q_len, kv_len] bool (True = visible) or None (all visible).
+    q: [batch, q_len, num_heads, head_dim]; k, v: [batch, num_kv_heads, kv_len, head_dim]
+    (head-major, contiguous: the matmuls then need no copies); mask: [batch, q_len, kv_len]
+    bool (True = visible) or None (all visible). Query head h uses kv head h // group.
     Returns o [batch, q_len, num_heads, head_dim] float32 and lse [batch, q_len, num_heads]
     float32 (natural log; -inf and o = 0 where a query sees no key).
     """
     batch, q_len, num_heads, head_dim = q.shape
-    kv_len, num_kv_heads = k.shape[1], k.shape[2]
+    num_kv_heads, kv_len = k.shape[1], k.shape[2]
     group = num_heads // num_kv_heads
-    # Query head h uses kv head h // group: view heads as [kv_heads, group].
-    qg = q.float().reshape(batch, q_len, num_kv_heads, group, head_dim).permute(0, 2, 3, 1, 4)
-    kt = k.float().permute(0, 2, 3, 1).unsqueeze(2)  # [batch, kv_heads, 1, head_dim, kv_len]
-    vv = v.float().permute(0, 2, 1, 3).unsqueeze(2)  # [batch, kv_heads, 1, kv_len, head_dim]
-    scores = torch.matmul(qg, kt) * scale  # [batch, kv_heads, group, q_len, kv_len]
+    # [batch, kv_heads, q_len * group, head_dim]: the queries of one kv head as one matrix
+    qg = q.float().view(batch, q_len, num_kv_heads, group, head_dim).transpose(1, 2)
+    qg = qg.reshape(batch, num_kv_heads, q_len * group, head_dim)
+    scores = torch.matmul(qg, k.float().transpose(-1, -2)) * scale  # [b, kvh, q_len*group, kv]
     if mask is not None:
-        scores = scores.masked_fill(~mask[:, None, None], float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)  # [batch, kv_heads, group, q_len]
-    finite = torch.isfinite(lse)
-    probs = torch.exp(scores - torch.where(finite, lse, 0.0).unsqueeze(-1))
-    out = torch.matmul(probs, vv)  # [batch, kv_heads, group, q_len, head_dim]
-    out = out.permute(0, 3, 1, 2, 4).reshape(batch, q_len, num_heads, head_dim)
-    lse = lse.permute(0, 3, 1, 2).reshape(batch, q_len, num_heads)
-    return out, lse
+        view = scores.view(batch, num_kv_heads, q_len, group, kv_len)
+        view.masked_fill_(~mask[:, None, :, None, :], float("-inf"))
+    row_max = scores.amax(dim=-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, 0.0)  # fully masked rows
+    probs = torch.exp(scores - row_max)
+    total = probs.sum(dim=-1, keepdim=True)
+    probs = probs / torch.where(total > 0, total, 1.0)
+    out = torch.matmul(probs, v.float())  # [batch, kv_heads, q_len * group, head_dim]
+    out = out.view(batch, num_kv_heads, q_len, group, head_dim).transpose(1, 2)
+    lse = (row_max + torch.log(total)).view(batch, num_kv_heads, q_len, group).transpose(1, 2)
+    return out.reshape(batch, q_len, num_heads, head_dim), lse.reshape(batch, q_len, num_heads)
 
 
 def merge_attn_states(
@@ -144,38 +147,46 @@ def attention(
     """Paged attention of one step: shared prefix segments plus own causal segments."""
     # q: [num_tokens, num_heads, head_dim]; caches: [num_blocks, block_size, kv_heads, dim]
     num_tokens, num_heads, head_dim = q.shape
-    layout = layout_for(meta, q.device)
-    k_flat = k_cache.view(-1, k_cache.shape[2], head_dim)  # [num_slots, kv_heads, head_dim]
-    v_flat = v_cache.view(-1, v_cache.shape[2], head_dim)
+    num_kv_heads = k_cache.shape[2]
+    layout = layout_for(meta, q.device, num_kv_heads)
+    # One row per (slot, kv head): the layout's indices gather K/V head-major in one copy.
+    k_rows = k_cache.view(-1, head_dim)
+    v_rows = v_cache.view(-1, head_dim)
     out = torch.zeros(num_tokens, num_heads, head_dim, dtype=torch.float32, device=q.device)
     lse = torch.full((num_tokens, num_heads), float("-inf"), device=q.device)
-    _own_part(q, k_flat, v_flat, scale, layout, out, lse)
-    _shared_part(q, k_flat, v_flat, scale, layout, out, lse)
+    _own_part(q, k_rows, v_rows, scale, layout, out, lse)
+    _shared_part(q, k_rows, v_rows, scale, layout, out, lse)
     return out.to(q.dtype)
 
 
-def _own_part(q, k_flat, v_flat, scale, layout: AttentionLayout, out, lse) -> None:
-    """Each item's own segment, causal; items padded into batches (decodes, then prefills)."""
+def _gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """[..., kv_heads, kv_len] row indices -> [..., kv_heads, kv_len, head_dim] (contiguous)."""
+    return rows.index_select(0, index.flatten()).view(*index.shape, rows.shape[-1])
+
+
+def _own_part(q, k_rows, v_rows, scale, layout: AttentionLayout, out, lse) -> None:
+    """Each item's own segment, causal; items padded into batches of similar shape."""
     for batch in layout.own_batches:
-        step = max(1, _MAX_GATHER_ELEMENTS // max(1, batch.kv_slots.numel() // batch.size
-                                                   * k_flat.shape[1] * k_flat.shape[2]))
+        per_item = batch.kv_index[0].numel() * k_rows.shape[-1]
+        step = max(1, _MAX_GATHER_ELEMENTS // per_item)
         for lo in range(0, batch.size, step):
             hi = min(batch.size, lo + step)
             tok = batch.token_index[lo:hi]  # [b, max_q] (padding points at token 0)
-            slots = batch.kv_slots[lo:hi]  # [b, max_kv]
-            o, l = attention_with_lse(q[tok], k_flat[slots], v_flat[slots], scale, batch.mask[lo:hi])
+            k = _gather(k_rows, batch.kv_index[lo:hi])  # [b, kv_heads, max_kv, head_dim]
+            v = _gather(v_rows, batch.kv_index[lo:hi])
+            o, l = attention_with_lse(q[tok], k, v, scale, batch.mask[lo:hi])
             valid = batch.token_valid[lo:hi]
             out[tok[valid]] = o[valid]
             lse[tok[valid]] = l[valid]
 
 
-def _shared_part(q, k_flat, v_flat, scale, layout: AttentionLayout, out, lse) -> None:
+def _shared_part(q, k_rows, v_rows, scale, layout: AttentionLayout, out, lse) -> None:
     """Each shared segment once, for all of its queries, merged into the own part."""
     for seg in layout.shared_segments:
         qs = q[seg.token_index].unsqueeze(0)  # [1, n, num_heads, head_dim]
-        ks = k_flat[seg.kv_slots].unsqueeze(0)  # [1, shared_len, kv_heads, head_dim]
-        vs = v_flat[seg.kv_slots].unsqueeze(0)
-        o, l = attention_with_lse(qs, ks, vs, scale)
+        k = _gather(k_rows, seg.kv_index).unsqueeze(0)  # [1, kv_heads, shared_len, head_dim]
+        v = _gather(v_rows, seg.kv_index).unsqueeze(0)
+        o, l = attention_with_lse(qs, k, v, scale)
         merged, merged_lse = merge_attn_states(out[seg.token_index], lse[seg.token_index], o[0], l[0])
         out[seg.token_index] = merged
         lse[seg.token_index] = merged_lse

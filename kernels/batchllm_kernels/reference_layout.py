@@ -1,8 +1,10 @@
 """Gather indices and masks for the reference attention, derived once per step from its metadata.
 
-Every layer of a step reads the same `AttentionMetadata`, so the index tensors (which KV slot
+Every layer of a step reads the same `AttentionMetadata`, so the index tensors (which KV row
 each padded key is, which token each padded query is, the causal masks) are built on the first
-layer and reused by the others: a one-entry cache keyed by the metadata object's identity.
+layer and reused by the others: a one-entry cache keyed by the metadata object's identity, and
+checked against a snapshot of its tensors so that a metadata object refilled in place for the
+next step is not mistaken for the last one.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class OwnBatch:
 
     token_index: torch.Tensor  # [num_items, max_q] int64 row into q (padding: 0)
     token_valid: torch.Tensor  # [num_items, max_q] bool
-    kv_slots: torch.Tensor  # [num_items, max_kv] int64 slot in the flattened cache (padding: 0)
+    kv_index: torch.Tensor  # [num_items, kv_heads, max_kv] int64 row of cache.view(-1, head_dim)
     mask: torch.Tensor  # [num_items, max_q, max_kv] bool, True = query sees key
 
     @property
@@ -33,7 +35,7 @@ class OwnBatch:
 class SharedSegment:
     """One shared prefix segment and every query token that attends to it."""
 
-    kv_slots: torch.Tensor  # [shared_len] int64
+    kv_index: torch.Tensor  # [kv_heads, shared_len] int64 row of cache.view(-1, head_dim)
     token_index: torch.Tensor  # [num_queries] int64
 
 
@@ -43,17 +45,28 @@ class AttentionLayout:
     shared_segments: tuple[SharedSegment, ...]
 
 
-_cache: tuple[weakref.ReferenceType, torch.device, AttentionLayout] | None = None
+_LAYOUT_FIELDS = ("cu_seqlens_q", "own_ctx_lens", "own_block_tables", "shared_ids", "shared_lens",
+                  "shared_block_tables")
+_cache: tuple[weakref.ReferenceType, tuple, tuple[torch.Tensor, ...], AttentionLayout] | None = None
 
 
-def layout_for(meta: AttentionMetadata, device: torch.device) -> AttentionLayout:
+def layout_for(meta: AttentionMetadata, device: torch.device, num_kv_heads: int) -> AttentionLayout:
     """The layout of `meta`, built on its first use and reused while `meta` is the current step."""
     global _cache
-    if _cache is not None and _cache[0]() is meta and _cache[1] == device:
-        return _cache[2]
-    layout = build_layout(meta, device)
-    _cache = (weakref.ref(meta), device, layout)
+    key = (device, num_kv_heads, meta.block_size, meta.num_decodes)
+    tensors = tuple(getattr(meta, name) for name in _LAYOUT_FIELDS)
+    if _cache is not None and _cache[0]() is meta and _cache[1] == key:
+        if all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(tensors, _cache[2])):
+            return _cache[3]
+    layout = build_layout(meta, device, num_kv_heads)
+    _cache = (weakref.ref(meta), key, tuple(t.clone() for t in tensors), layout)
     return layout
+
+
+def _head_rows(slots: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
+    """[..., kv_len] slots -> [..., kv_heads, kv_len] rows of the cache viewed as [-1, head_dim]."""
+    heads = torch.arange(num_kv_heads, dtype=torch.int64)[:, None]
+    return slots.unsqueeze(-2) * num_kv_heads + heads
 
 
 def _slots(tables: torch.Tensor, lens: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -67,7 +80,8 @@ def _slots(tables: torch.Tensor, lens: torch.Tensor, block_size: int) -> torch.T
 
 
 def _own_batch(
-    items: torch.Tensor, cu: torch.Tensor, ctx: torch.Tensor, tables: torch.Tensor, block_size: int
+    items: torch.Tensor, cu: torch.Tensor, ctx: torch.Tensor, tables: torch.Tensor, block_size: int,
+    num_kv_heads: int,
 ) -> OwnBatch:
     q_lens = cu[items + 1] - cu[items]
     kv_lens = ctx[items] + q_lens
@@ -80,7 +94,7 @@ def _own_batch(
     # Query j of an item sees own positions 0 .. ctx + j (causal).
     mask = key[None, None, :] <= (ctx[items][:, None] + j[None, :])[:, :, None]
     mask &= token_valid[:, :, None]
-    return OwnBatch(token_index, token_valid, kv_slots, mask)
+    return OwnBatch(token_index, token_valid, _head_rows(kv_slots, num_kv_heads), mask)
 
 
 def _buckets(items: torch.Tensor, q_lens: torch.Tensor, kv_lens: torch.Tensor) -> list[torch.Tensor]:
@@ -106,7 +120,7 @@ def _buckets(items: torch.Tensor, q_lens: torch.Tensor, kv_lens: torch.Tensor) -
     return [torch.tensor(b, dtype=torch.int64) for b in out]
 
 
-def build_layout(meta: AttentionMetadata, device: torch.device) -> AttentionLayout:
+def build_layout(meta: AttentionMetadata, device: torch.device, num_kv_heads: int) -> AttentionLayout:
     """Derives every gather index and mask of one step on the host, then moves them to `device`."""
     cu = meta.cu_seqlens_q.cpu().long()
     ctx = meta.own_ctx_lens.cpu().long()
@@ -122,7 +136,7 @@ def build_layout(meta: AttentionMetadata, device: torch.device) -> AttentionLayo
     prefills = torch.arange(meta.num_decodes, num_items, dtype=torch.int64)
     for items in (decodes, prefills):
         for bucket in _buckets(items, q_lens, kv_lens):
-            batches.append(_own_batch(bucket, cu, ctx, tables, bs))
+            batches.append(_own_batch(bucket, cu, ctx, tables, bs, num_kv_heads))
 
     segments = []
     shared_lens = meta.shared_lens.cpu().long()
@@ -134,7 +148,7 @@ def build_layout(meta: AttentionMetadata, device: torch.device) -> AttentionLayo
         members = torch.nonzero(shared_ids == s).flatten()
         tokens = torch.cat([torch.arange(int(cu[i]), int(cu[i + 1])) for i in members.tolist()])
         slots = _slots(shared_tables[s : s + 1], shared_lens[s : s + 1], bs)[0]
-        segments.append(SharedSegment(slots, tokens.long()))
+        segments.append(SharedSegment(_head_rows(slots, num_kv_heads), tokens.long()))
 
     def move(x):
         return type(x)(*(getattr(x, f.name).to(device) for f in fields(x)))

@@ -100,14 +100,24 @@ def test_attention_keeps_dtype_and_reuses_layout_per_step():
     torch.testing.assert_close(a.float(), b, atol=3e-2, rtol=3e-2)
 
 
+def test_metadata_refilled_in_place_is_not_served_a_stale_layout():
+    shared_lens, items = CASES["decodes_no_shared"]
+    q, kc, vc, meta, st, ot = _paged_case(5, 4, 2, 2, 8, shared_lens, items)
+    ref.attention(q, kc, vc, meta, 0.5)
+    meta.own_ctx_lens[1] -= 2  # the same object, now describing a shorter context
+    items = [(1, 0, -1), (1, 4, -1), (1, 17, -1)]
+    want = _naive_attention(q, kc, vc, [], st, ot, items, 0.5)
+    torch.testing.assert_close(ref.attention(q, kc, vc, meta, 0.5), want, atol=1e-5, rtol=1e-5)
+
+
 def test_merge_equals_attention_over_concatenation():
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(1, 5, 6, 8, generator=gen)
-    k = torch.randn(1, 19, 2, 8, generator=gen)
-    v = torch.randn(1, 19, 2, 8, generator=gen)
+    k = torch.randn(1, 2, 19, 8, generator=gen)  # head-major [batch, kv_heads, kv_len, dim]
+    v = torch.randn(1, 2, 19, 8, generator=gen)
     o_full, lse_full = ref.attention_with_lse(q, k, v, 0.4)
-    o_a, lse_a = ref.attention_with_lse(q, k[:, :7], v[:, :7], 0.4)
-    o_b, lse_b = ref.attention_with_lse(q, k[:, 7:], v[:, 7:], 0.4)
+    o_a, lse_a = ref.attention_with_lse(q, k[:, :, :7], v[:, :, :7], 0.4)
+    o_b, lse_b = ref.attention_with_lse(q, k[:, :, 7:], v[:, :, 7:], 0.4)
     o, lse = ref.merge_attn_states(o_a[0], lse_a[0], o_b[0], lse_b[0])
     torch.testing.assert_close(o, o_full[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lse, lse_full[0], atol=1e-5, rtol=1e-5)
@@ -126,12 +136,13 @@ def test_merge_with_empty_part_is_identity():
 
 def test_attention_with_lse_masked_row_is_empty():
     q = torch.randn(1, 2, 2, 4)
-    k = torch.randn(1, 3, 1, 4)
+    k = torch.randn(1, 1, 3, 4)
     mask = torch.tensor([[[True, False, True], [False, False, False]]])
     o, lse = ref.attention_with_lse(q, k, k, 1.0, mask)
     assert torch.isneginf(lse[0, 1]).all() and torch.all(o[0, 1] == 0)
-    w = torch.softmax(k[0, [0, 2], 0] @ q[0, 0, 1], dim=0)
-    torch.testing.assert_close(o[0, 0, 1], w @ k[0, [0, 2], 0])
+    w = torch.softmax(k[0, 0, [0, 2]] @ q[0, 0, 1], dim=0)
+    torch.testing.assert_close(o[0, 0, 1], w @ k[0, 0, [0, 2]])
+    torch.testing.assert_close(lse[0, 0, 1], torch.logsumexp(k[0, 0, [0, 2]] @ q[0, 0, 1], dim=0))
 
 
 def test_store_kv_writes_slots():
