@@ -20,7 +20,7 @@ import triton.language as tl
 
 from batchllm_kernels.metadata import AttentionMetadata
 from batchllm_kernels.triton_util import (
-    dot, find_tile, load_kv_tile, next_pow2, num_sms, online_softmax_step,
+    dot, find_tile, load_kv_rows, next_pow2, num_sms, online_softmax_step,
 )
 
 _LOG2E = 1.4426950408889634
@@ -87,50 +87,46 @@ def prefix_decode_kernel(
         m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-        offs_n = tl.arange(0, BLOCK_N)
 
-        # Shared prefix: one KV tile load serves every row of the tile.
+        # The keys of the tile form one flat range: the shared prefix (seen by every row), then
+        # each decode's own segment (seen by that decode's rows only). One loop walks it in
+        # BLOCK_N columns, so a KV tile of the prefix is loaded once for all rows, short own
+        # segments pack densely into tiles, and splits cut the range evenly.
         shared = tl.load(group_shared_ptr + g)
         shared_row = tl.maximum(shared, 0)
         shared_len = tl.load(shared_lens_ptr + shared_row, mask=shared >= 0, other=0)
         shared_table = shared_tables_ptr + shared_row.to(tl.int64) * stride_shared_table
-        n_tiles = tl.cdiv(shared_len, BLOCK_N)
+        offs_i = tl.arange(0, ITEMS_P2)
+        # Own length = cached context + the decode's own new token (already stored).
+        own_len = tl.load(own_ctx_ptr + first + offs_i, mask=offs_i < count, other=-1) + 1
+        own_end = tl.cumsum(own_len, 0)
+        own_start = own_end - own_len
+        total = shared_len + tl.sum(own_len, 0)
+        n_tiles = tl.cdiv(total, BLOCK_N)
         per_split = tl.cdiv(n_tiles, num_splits)
         t_lo = split * per_split
         t_hi = tl.minimum(n_tiles, t_lo + per_split)
+        offs_n = tl.arange(0, BLOCK_N)
         for t in range(t_lo, t_hi):
-            pos = t * BLOCK_N + offs_n
-            pos_mask = pos < shared_len
-            k = load_kv_tile(k_cache_ptr, shared_table, pos, pos_mask, kv_head,
-                             stride_kb, stride_ks, stride_kh, offs_d, d_mask, BLOCK_SIZE)
-            v = load_kv_tile(v_cache_ptr, shared_table, pos, pos_mask, kv_head,
-                             stride_vb, stride_vs, stride_vh, offs_d, d_mask, BLOCK_SIZE)
+            col = t * BLOCK_N + offs_n
+            col_valid = col < total
+            in_prefix = col < shared_len
+            own_col = col - shared_len
+            # Which decode of the tile owns each own column, and its position in that segment.
+            col_item = tl.sum((own_end[None, :] <= own_col[:, None]).to(tl.int32), 1)
+            col_start = tl.sum(tl.where(offs_i[None, :] == col_item[:, None], own_start[None, :], 0), 1)
+            pos = tl.where(in_prefix, col, own_col - col_start)
+            own_table = own_tables_ptr + (first + col_item).to(tl.int64) * stride_own_table
+            blk = tl.load(shared_table + pos // BLOCK_SIZE, mask=col_valid & in_prefix, other=0)
+            blk += tl.load(own_table + pos // BLOCK_SIZE, mask=col_valid & (own_col >= 0), other=0)
+            offset = pos % BLOCK_SIZE
+            k = load_kv_rows(k_cache_ptr, blk, offset, col_valid, kv_head, stride_kb, stride_ks,
+                             stride_kh, offs_d, d_mask)
+            v = load_kv_rows(v_cache_ptr, blk, offset, col_valid, kv_head, stride_vb, stride_vs,
+                             stride_vh, offs_d, d_mask)
             qk = dot(q, tl.trans(k)) * sm_scale_log2
-            qk = tl.where(pos_mask[None, :], qk, float("-inf"))
-            acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, qk, v)
-
-        # Own segments: a flat loop over (decode j, own tile) so that loads pipeline across
-        # decodes; each own tile updates only the rows of its decode.
-        offs_i = tl.arange(0, ITEMS_P2)
-        own_lens = tl.load(own_ctx_ptr + first + offs_i, mask=offs_i < count, other=-1) + 1
-        max_tiles = tl.max(tl.cdiv(own_lens, BLOCK_N), 0)
-        total = count * max_tiles
-        per_split_own = tl.cdiv(total, num_splits)
-        f_lo = split * per_split_own
-        f_hi = tl.minimum(total, f_lo + per_split_own)
-        for f in range(f_lo, f_hi):
-            j = f // max_tiles
-            item = first + j
-            own_len = tl.load(own_ctx_ptr + item) + 1  # the decode's own new token is cached
-            pos = (f - j * max_tiles) * BLOCK_N + offs_n
-            pos_mask = pos < own_len
-            own_table = own_tables_ptr + item.to(tl.int64) * stride_own_table
-            k = load_kv_tile(k_cache_ptr, own_table, pos, pos_mask, kv_head,
-                             stride_kb, stride_ks, stride_kh, offs_d, d_mask, BLOCK_SIZE)
-            v = load_kv_tile(v_cache_ptr, own_table, pos, pos_mask, kv_head,
-                             stride_vb, stride_vs, stride_vh, offs_d, d_mask, BLOCK_SIZE)
-            qk = dot(q, tl.trans(k)) * sm_scale_log2
-            qk = tl.where((row_item == j)[:, None] & pos_mask[None, :], qk, float("-inf"))
+            visible = col_valid[None, :] & (in_prefix[None, :] | (row_item[:, None] == col_item[None, :]))
+            qk = tl.where(visible, qk, float("-inf"))
             acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, qk, v)
 
         out_mask = row_valid[:, None] & d_mask[None, :]
@@ -257,7 +253,8 @@ def prefix_decode_attention(
         GQA_RATIO=gqa, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim),
         BLOCK_M=block_m, ITEMS=items, ITEMS_P2=max(16, next_pow2(items)), BLOCK_N=block_n,
         BLOCK_SIZE=meta.block_size, SPLIT=splits > 1, MERGE_IN_LAUNCH=merge_in_launch, SCAN=_SCAN,
-        num_warps=num_warps or (8 if block_m >= 128 else 4), num_stages=num_stages,
+        # 8 warps once the accumulator reaches 64 x 128: 4 would need more than 255 registers.
+        num_warps=num_warps or (8 if block_m * head_dim >= 64 * 128 else 4), num_stages=num_stages,
     )
     if splits > 1 and not merge_in_launch:
         decode_merge_kernel[(num_decodes,)](

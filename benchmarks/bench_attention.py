@@ -1,0 +1,262 @@
+"""Benchmark of prefix-shared decode attention (issue 7) against the attention people use today.
+
+Llama-3-8B layout (32 query heads, 8 KV heads, head_dim 128), bf16, one decode query per
+request; G groups of D requests share a prefix of P tokens, each request has S tokens of its own.
+Compared, on the same GPU in one run:
+  ours  - batchllm_kernels.prefix_decode (paged cache, block size 16, one launch);
+  sdpa  - torch SDPA per request over a dense copy of prefix + own tokens (the copy is not timed);
+  flex  - FlexAttention over one packed KV row per group (prefix, then every request's own
+          tokens) with a block-sparse mask (each query sees the prefix and its own tokens).
+"Unique KV" = bytes that must be read at least once: (G*P + G*D*S) * kv_heads * head_dim * 2 * 2;
+bandwidth fraction = unique KV / time / measured device copy bandwidth. Times: triton's do_bench
+(L2 flushed before each run), median.
+
+    python benchmarks/bench_attention.py --out results/        # needs a CUDA GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench
+
+from batchllm_kernels.metadata import AttentionMetadata
+from batchllm_kernels.prefix_decode import prefix_decode_attention
+
+HQ, HKV, DIM, BLOCK = 32, 8, 128, 16
+DTYPE = torch.bfloat16
+# (groups, degree, prefix, own): the degree sweep at P=2000 and P=16000, and the paper's weak case.
+CASES = [
+    (256, 1, 2000, 200), (64, 4, 2000, 200), (16, 16, 2000, 200), (4, 64, 2000, 200),
+    (64, 1, 16000, 200), (16, 4, 16000, 200), (4, 16, 16000, 200), (1, 64, 16000, 200),
+    (1, 256, 32768, 64),
+]
+# Launch settings tried per case for the tuning table: (block_n, num_stages, num_warps, splits);
+# None = the launcher's choice.
+SWEEP = [(64, 2, None, None), (64, 4, None, None), (32, 3, None, None), (32, 4, None, None),
+         (128, 2, 8, None), (128, 3, 8, None), (64, 3, 4, None), (64, 3, 8, None),
+         (64, 3, None, 1), (64, 3, None, 2), (64, 3, None, 4), (64, 3, None, 8)]
+
+
+class Case:
+    """One decode step in the paged cache plus the peers' dense layouts of the same K/V."""
+
+    def __init__(self, groups: int, degree: int, prefix: int, own: int, device: str) -> None:
+        self.groups, self.degree, self.prefix, self.own = groups, degree, prefix, own
+        self.n = groups * degree
+        pb, ob = math.ceil(prefix / BLOCK), math.ceil(own / BLOCK)
+        num_blocks = groups * pb + self.n * ob
+        gen = torch.Generator(device=device).manual_seed(0)
+        shape = (num_blocks, BLOCK, HKV, DIM)
+        self.k_cache = torch.randn(shape, generator=gen, device=device, dtype=DTYPE)
+        self.v_cache = torch.randn(shape, generator=gen, device=device, dtype=DTYPE)
+        self.q = torch.randn((self.n, HQ, DIM), generator=gen, device=device, dtype=DTYPE)
+        shared_tables = [list(range(g * pb, (g + 1) * pb)) for g in range(groups)]
+        base = groups * pb
+        own_tables = [list(range(base + r * ob, base + (r + 1) * ob)) for r in range(self.n)]
+        self.meta = AttentionMetadata.build(
+            block_size=BLOCK, q_lens=[1] * self.n, own_ctx_lens=[own - 1] * self.n,
+            own_block_tables=own_tables, shared_ids=[r // degree for r in range(self.n)],
+            shared_lens=[prefix] * groups, shared_block_tables=shared_tables, device=device)
+        self.scale = DIM ** -0.5
+        self._prefix_slots = torch.tensor(
+            [[b * BLOCK + i for b in t for i in range(BLOCK)][:prefix] for t in shared_tables], device=device)
+        self._own_slots = torch.tensor(
+            [[b * BLOCK + i for b in t for i in range(BLOCK)][:own] for t in own_tables], device=device)
+
+    @property
+    def unique_bytes(self) -> int:
+        return (self.groups * self.prefix + self.n * self.own) * HKV * DIM * 2 * 2
+
+    def _flat(self, cache: torch.Tensor) -> torch.Tensor:
+        return cache.view(-1, HKV, DIM)
+
+    def ours(self, **launch):
+        out = torch.empty_like(self.q)
+        return lambda: prefix_decode_attention(self.q, self.k_cache, self.v_cache, self.meta,
+                                               self.scale, out, **launch), out
+
+    def sdpa(self):
+        """Per-request dense K/V [n, kv_heads, P + S, dim]: the prefix copied into every request."""
+        group = torch.arange(self.n, device=self.q.device) // self.degree
+        slots = torch.cat([self._prefix_slots[group], self._own_slots], dim=1)  # [n, P + S]
+        k = self._flat(self.k_cache)[slots].transpose(1, 2).contiguous()
+        v = self._flat(self.v_cache)[slots].transpose(1, 2).contiguous()
+        q = self.q.unsqueeze(2)  # [n, HQ, 1, DIM]
+        out = {}
+
+        def run():
+            out["o"] = F.scaled_dot_product_attention(q, k, v, scale=self.scale, enable_gqa=True)
+        return run, out
+
+    def flex(self):
+        """One packed KV row per group: [prefix, own_0, ..., own_{D-1}]; queries padded to 16."""
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        members = self._own_slots.view(self.groups, self.degree * self.own)
+        slots = torch.cat([self._prefix_slots, members], dim=1)  # [G, P + D*S]
+        k = self._flat(self.k_cache)[slots].transpose(1, 2).contiguous()
+        v = self._flat(self.v_cache)[slots].transpose(1, 2).contiguous()
+        q_len = max(16, self.degree)
+        q = torch.zeros((self.groups, HQ, q_len, DIM), dtype=DTYPE, device=self.q.device)
+        q[:, :, : self.degree] = self.q.view(self.groups, self.degree, HQ, DIM).transpose(1, 2)
+        prefix, own = self.prefix, self.own
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return (kv_idx < prefix) | ((kv_idx - prefix) // own == q_idx)
+
+        mask = create_block_mask(mask_mod, None, None, q_len, k.shape[2], device=self.q.device)
+        fn = torch.compile(flex_attention, dynamic=False)
+        out = {}
+
+        def run():
+            out["o"] = fn(q, k, v, block_mask=mask, scale=self.scale, enable_gqa=True)
+        return run, out
+
+
+def _time_us(fn) -> float:
+    fn()
+    torch.cuda.synchronize()
+    return do_bench(fn, warmup=10, rep=50, return_mode="median") * 1000.0
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy, counting bytes read and written (GB/s)."""
+    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    us = _time_us(lambda: y.copy_(x))
+    return 2 * x.numel() / us / 1e3
+
+
+def run_case(spec, bw: float, log) -> dict:
+    g, d, p, s = spec
+    case = Case(g, d, p, s, "cuda")
+    row = {"case": f"{g}x{d}, P={p}, S={s}", "unique_MB": case.unique_bytes / 1e6}
+    fn, ours_out = case.ours()
+    row["ours_us"] = _time_us(fn)
+    row["bw_fraction"] = case.unique_bytes / (row["ours_us"] * 1e-6) / (bw * 1e9)
+    ours_o = ours_out.float()
+    for name in ("sdpa", "flex"):
+        if name == "sdpa" and case.n * (p + s) > 2_000_000:  # dense copies over ~8 GB: skip
+            row[f"{name}_us"] = None
+            row[f"{name}_skipped"] = True
+            continue
+        try:
+            fn, out = getattr(case, name)()
+            row[f"{name}_us"] = _time_us(fn)
+            o = out["o"]
+            o = o[:, :, 0] if name == "sdpa" else o[:, :, :d].transpose(1, 2).reshape(g * d, HQ, DIM)
+            row[f"{name}_maxdiff"] = float((o.float() - ours_o).abs().max())
+            del fn, out, o
+        except Exception as exc:  # a peer failing on a shape is itself a result
+            row[f"{name}_us"] = None
+            row[f"{name}_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        torch.cuda.empty_cache()
+    log(json.dumps(row))
+    del case
+    torch.cuda.empty_cache()
+    return row
+
+
+def sweep_case(spec, log, deadline: float) -> None:
+    """Times the launch settings of SWEEP on one case (the table behind the launcher's defaults)."""
+    g, d, p, s = spec
+    case = Case(g, d, p, s, "cuda")
+    tuning = {"default": round(_time_us(case.ours()[0]), 1)}
+    for bn, stages, warps, splits in SWEEP:
+        if time.time() > deadline:
+            tuning["stopped"] = "time budget"
+            break
+        key = f"bn{bn}/st{stages}/w{warps or 'auto'}/sp{splits or 'auto'}"
+        try:
+            fn, _ = case.ours(block_n=bn, num_stages=stages, num_warps=warps, num_splits=splits)
+            tuning[key] = round(_time_us(fn), 1)
+        except Exception as exc:
+            tuning[key] = f"{type(exc).__name__}: {str(exc)[:120]}"
+    for splits in (2, 4):
+        fn, _ = case.ours(num_splits=splits, merge_in_launch=False)
+        tuning[f"sp{splits}/separate-merge-launch"] = round(_time_us(fn), 1)
+    log(json.dumps({"sweep": f"{g}x{d}, P={p}, S={s}", "us": tuning}))
+    del case
+    torch.cuda.empty_cache()
+
+
+def table(rows: list[dict], bw: float, device: str) -> str:
+    def fmt(r, name):
+        x = r.get(f"{name}_us")
+        if x is None:
+            return "skipped (dense copy > 8 GB)" if r.get(f"{name}_skipped") else "fails"
+        return f"{x:,.0f} µs"
+
+    lines = [f"Device: {device}; copy bandwidth {bw:,.0f} GB/s (read + write)", "",
+             "| G×D, P, S | unique KV | ours | % of copy BW | SDPA (prefix copied) | FlexAttention | ours vs best peer |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        peers = [x for x in (r.get("sdpa_us"), r.get("flex_us")) if x]
+        speedup = f"{min(peers) / r['ours_us']:.2f}×" if peers else "—"
+        lines.append(f"| {r['case']} | {r['unique_MB']:,.0f} MB | {r['ours_us']:,.0f} µs | "
+                     f"{100 * r['bw_fraction']:.0f}% | {fmt(r, 'sdpa')} | {fmt(r, 'flex')} | {speedup} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--sweep", default="16x16,4x16,64x4,1x256",
+                    help="cases (GxD) that also get the launch-settings sweep; '' for none")
+    ap.add_argument("--cases", default="", help="only these GxD cases (comma list)")
+    ap.add_argument("--budget-s", type=float, default=1e9,
+                    help="wall-clock budget: sweeps stop (and the table is written) when it runs out")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_attention needs a CUDA GPU", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_path = args.out / "bench_attention.jsonl"
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        with log_path.open("a") as f:
+            f.write(line + "\n")
+
+    device = torch.cuda.get_device_name()
+    bw = copy_bandwidth()
+    log(json.dumps({"device": device, "copy_GBps": bw, "torch": torch.__version__}))
+    deadline = time.time() + args.budget_s
+    sweep = [c for c in args.sweep.split(",") if c]
+    only = {c for c in args.cases.split(",") if c}
+    rows = []
+    for spec in CASES:
+        key = f"{spec[0]}x{spec[1]}"
+        if only and key not in only:
+            continue
+        t0 = time.time()
+        try:
+            rows.append(run_case(spec, bw, log))
+        except Exception:
+            log(json.dumps({"case": key, "error": traceback.format_exc()[-800:]}))
+        log(json.dumps({"case": key, "wall_s": round(time.time() - t0, 1)}))
+    text = table(rows, bw, device)
+    (args.out / "bench_attention.md").write_text(text + "\n")
+    print(text, flush=True)
+    for key in sweep:
+        spec = next((c for c in CASES if f"{c[0]}x{c[1]}" == key), None)
+        if spec is None or time.time() > deadline:
+            continue
+        try:
+            sweep_case(spec, log, deadline)
+        except Exception:
+            log(json.dumps({"sweep": key, "error": traceback.format_exc()[-800:]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
