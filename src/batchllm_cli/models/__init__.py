@@ -1,0 +1,1 @@
+"""Llama-family models: config, decoder, rotary table, KV cache allocation and weight loading."""

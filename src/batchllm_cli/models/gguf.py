@@ -49,7 +49,8 @@ def read_gguf_config(path: Path) -> Any:
     reader = _reader(str(path))
     arch = _field(reader, "general.architecture")
     if arch not in _ARCHITECTURES:
-        raise ModelError(f"GGUF architecture {arch!r} is not supported; batchllm runs {', '.join(_ARCHITECTURES)}")
+        supported = ", ".join(_ARCHITECTURES)
+        raise ModelError(f"GGUF architecture {arch!r} is not supported; batchllm runs {supported}")
     names = {t.name for t in reader.tensors}
     if "rope_freqs.weight" in names:
         raise ModelError(

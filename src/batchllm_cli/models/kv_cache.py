@@ -24,6 +24,8 @@ def allocate_kv_cache(
     ]
 
 
-def num_blocks_for_bytes(config: ModelConfig, num_bytes: int, block_size: int, dtype: str | torch.dtype) -> int:
+def num_blocks_for_bytes(
+    config: ModelConfig, num_bytes: int, block_size: int, dtype: str | torch.dtype
+) -> int:
     """How many blocks of `block_size` tokens fit in `num_bytes` of KV cache."""
     return max(0, num_bytes // (block_size * config.kv_bytes_per_token(dtype)))

@@ -12,7 +12,8 @@ from batchllm_cli.models.config import ModelConfig
 def inverse_frequencies(config: ModelConfig) -> torch.Tensor:
     """Per-pair rotation frequencies [head_dim / 2] float32, after the config's rope scaling."""
     dim = config.head_dim
-    inv = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim
+    inv = 1.0 / (config.rope_theta**exponents)
     scaling = config.rope_scaling
     if scaling is None:
         return inv
