@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from batchllm_kernels.metadata import AttentionMetadata
-from batchllm_kernels.triton_util import dot, find_tile, load_kv_tile, next_pow2, online_softmax_step
+from batchllm_kernels.triton_util import dot, find_tile, kv_tile_offsets, next_pow2, online_softmax_step
 
 _LOG2E = 1.4426950408889634
 _SCAN = 256
@@ -21,17 +21,18 @@ _SCAN = 256
 
 @triton.jit
 def _attend_range(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, lo, hi, row_pos, kv_head,
-                  sm_scale_log2, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                  sm_scale_log2, stride_kb, stride_ks, stride_kh,
                   offs_n, offs_d, d_mask, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                   CAUSAL: tl.constexpr):
     """Folds keys lo:hi of one paged sequence into the running state (causal: key <= row_pos)."""
     for start in range(lo, hi, BLOCK_N):
         pos = start + offs_n
         pos_mask = pos < hi
-        k = load_kv_tile(k_cache_ptr, table, pos, pos_mask, kv_head,
-                         stride_kb, stride_ks, stride_kh, offs_d, d_mask, BLOCK_SIZE)
-        v = load_kv_tile(v_cache_ptr, table, pos, pos_mask, kv_head,
-                         stride_vb, stride_vs, stride_vh, offs_d, d_mask, BLOCK_SIZE)
+        offs = kv_tile_offsets(table, pos, pos_mask, kv_head, stride_kb, stride_ks, stride_kh,
+                               offs_d, BLOCK_SIZE)
+        kv_mask = pos_mask[:, None] & d_mask[None, :]
+        k = tl.load(k_cache_ptr + offs, mask=kv_mask, other=0.0)
+        v = tl.load(v_cache_ptr + offs, mask=kv_mask, other=0.0)
         qk = dot(q, tl.trans(k)) * sm_scale_log2
         visible = pos_mask[None, :]
         if CAUSAL:
@@ -47,7 +48,7 @@ def prefill_attention_kernel(
     cu_ptr, own_ctx_ptr, own_tables_ptr, shared_ids_ptr, shared_lens_ptr, shared_tables_ptr,
     first_item, num_items, sm_scale_log2,
     stride_qt, stride_qh, stride_ot, stride_oh,
-    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    stride_kb, stride_ks, stride_kh,
     stride_own_table, stride_shared_table,
     GQA_RATIO: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, SCAN: tl.constexpr,
@@ -81,7 +82,7 @@ def prefill_attention_kernel(
         shared_table = shared_tables_ptr + shared_row.to(tl.int64) * stride_shared_table
         acc, m_i, l_i = _attend_range(
             acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, shared_table, 0, shared_len, row_pos,
-            kv_head, sm_scale_log2, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+            kv_head, sm_scale_log2, stride_kb, stride_ks, stride_kh,
             offs_n, offs_d, d_mask, BLOCK_N, BLOCK_SIZE, False)
 
         own_table = own_tables_ptr + item.to(tl.int64) * stride_own_table
@@ -89,11 +90,11 @@ def prefill_attention_kernel(
         diag_end = ctx + tl.minimum(q_len, tile_start + BLOCK_M)
         acc, m_i, l_i = _attend_range(
             acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, own_table, 0, full_end, row_pos,
-            kv_head, sm_scale_log2, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+            kv_head, sm_scale_log2, stride_kb, stride_ks, stride_kh,
             offs_n, offs_d, d_mask, BLOCK_N, BLOCK_SIZE, False)
         acc, m_i, l_i = _attend_range(
             acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, own_table, full_end, diag_end, row_pos,
-            kv_head, sm_scale_log2, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+            kv_head, sm_scale_log2, stride_kb, stride_ks, stride_kh,
             offs_n, offs_d, d_mask, BLOCK_N, BLOCK_SIZE, True)
 
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
@@ -122,6 +123,8 @@ def prefill_attention(
         return
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
+    if k_cache.stride() != v_cache.stride():
+        raise ValueError("the K and V caches must share one layout (the kernel reads both at one offset)")
     prefill_tokens = num_tokens - first_item  # each decode item is one token
     slots = max(1, min(prefill_tokens, num_items + prefill_tokens // block_m))
     prefill_attention_kernel[(slots, num_q_heads)](
@@ -131,7 +134,6 @@ def prefill_attention(
         first_item, num_items, scale * _LOG2E,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         meta.own_block_tables.stride(0), meta.shared_block_tables.stride(0),
         GQA_RATIO=num_q_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_SIZE=meta.block_size, SCAN=_SCAN,

@@ -5,9 +5,12 @@ of decodes with one shared prefix segment, or a single decode without one); thei
 for the GQA_RATIO query heads of the kv head are packed into the M rows of one tile, so every
 prefix KV tile is loaded once for all of them and multiplied as a matrix (horizontal fusion).
 The same program then walks its decodes' own paged segments, each row seeing only its own
-keys, so prefix part, own part and merge happen in one launch. Long ranges are cut into
-`num_splits` splits (split-K); each split writes a partial (o, lse) and the last split of a
-tile to finish (an atomic counter) merges them. Without splits there is nothing to merge.
+keys: prefix part, own part and their log-sum-exp merge happen in one launch, in registers.
+When the tiles alone would leave multiprocessors idle (few groups, long prefixes: the paper's
+weak case), the key range is cut into splits (split-K) that write partial (o, lse) states,
+merged by a small second launch, or (merge_in_launch=True) by the last split of each tile to
+finish, found with an atomic counter. On an H100 the second launch measured faster (the
+in-launch merge costs the main loop registers), so it is the default.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import triton.language as tl
 
 from batchllm_kernels.metadata import AttentionMetadata
 from batchllm_kernels.triton_util import (
-    dot, find_tile, load_kv_rows, next_pow2, num_sms, online_softmax_step,
+    dot, find_tile, kv_tile_offsets, next_pow2, num_sms, online_softmax_step,
 )
 
 _LOG2E = 1.4426950408889634
@@ -58,7 +61,7 @@ def prefix_decode_kernel(
     group_ptr_ptr, group_shared_ptr, own_ctx_ptr, own_tables_ptr, shared_lens_ptr, shared_tables_ptr,
     num_groups, num_decodes, num_splits, num_kv_heads, sm_scale_log2,
     stride_qt, stride_qh, stride_ot, stride_oh,
-    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    stride_kb, stride_ks, stride_kh,
     stride_own_table, stride_shared_table,
     GQA_RATIO: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, ITEMS: tl.constexpr, ITEMS_P2: tl.constexpr,
@@ -88,10 +91,7 @@ def prefix_decode_kernel(
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
-        # The keys of the tile form one flat range: the shared prefix (seen by every row), then
-        # each decode's own segment (seen by that decode's rows only). One loop walks it in
-        # BLOCK_N columns, so a KV tile of the prefix is loaded once for all rows, short own
-        # segments pack densely into tiles, and splits cut the range evenly.
+        # Shared prefix: each KV tile is loaded once and multiplied against every row of the tile.
         shared = tl.load(group_shared_ptr + g)
         shared_row = tl.maximum(shared, 0)
         shared_len = tl.load(shared_lens_ptr + shared_row, mask=shared >= 0, other=0)
@@ -99,34 +99,41 @@ def prefix_decode_kernel(
         offs_i = tl.arange(0, ITEMS_P2)
         # Own length = cached context + the decode's own new token (already stored).
         own_len = tl.load(own_ctx_ptr + first + offs_i, mask=offs_i < count, other=-1) + 1
-        own_end = tl.cumsum(own_len, 0)
-        own_start = own_end - own_len
-        total = shared_len + tl.sum(own_len, 0)
-        n_tiles = tl.cdiv(total, BLOCK_N)
-        per_split = tl.cdiv(n_tiles, num_splits)
+        own_tiles = tl.max(tl.cdiv(own_len, BLOCK_N), 0)  # per decode, padded to the longest
+        # Splits cut the tile's work (prefix tiles, then own tiles) into equal runs of tiles.
+        prefix_tiles = tl.cdiv(shared_len, BLOCK_N)
+        total = prefix_tiles + count * own_tiles
+        per_split = tl.cdiv(total, num_splits)
         t_lo = split * per_split
-        t_hi = tl.minimum(n_tiles, t_lo + per_split)
+        t_hi = tl.minimum(total, t_lo + per_split)
         offs_n = tl.arange(0, BLOCK_N)
-        for t in range(t_lo, t_hi):
-            col = t * BLOCK_N + offs_n
-            col_valid = col < total
-            in_prefix = col < shared_len
-            own_col = col - shared_len
-            # Which decode of the tile owns each own column, and its position in that segment.
-            col_item = tl.sum((own_end[None, :] <= own_col[:, None]).to(tl.int32), 1)
-            col_start = tl.sum(tl.where(offs_i[None, :] == col_item[:, None], own_start[None, :], 0), 1)
-            pos = tl.where(in_prefix, col, own_col - col_start)
-            own_table = own_tables_ptr + (first + col_item).to(tl.int64) * stride_own_table
-            blk = tl.load(shared_table + pos // BLOCK_SIZE, mask=col_valid & in_prefix, other=0)
-            blk += tl.load(own_table + pos // BLOCK_SIZE, mask=col_valid & (own_col >= 0), other=0)
-            offset = pos % BLOCK_SIZE
-            k = load_kv_rows(k_cache_ptr, blk, offset, col_valid, kv_head, stride_kb, stride_ks,
-                             stride_kh, offs_d, d_mask)
-            v = load_kv_rows(v_cache_ptr, blk, offset, col_valid, kv_head, stride_vb, stride_vs,
-                             stride_vh, offs_d, d_mask)
+        for t in range(t_lo, tl.minimum(t_hi, prefix_tiles)):
+            pos = t * BLOCK_N + offs_n
+            pos_mask = pos < shared_len
+            offs = kv_tile_offsets(shared_table, pos, pos_mask, kv_head, stride_kb, stride_ks, stride_kh,
+                                   offs_d, BLOCK_SIZE)
+            kv_mask = pos_mask[:, None] & d_mask[None, :]
+            k = tl.load(k_cache_ptr + offs, mask=kv_mask, other=0.0)
+            v = tl.load(v_cache_ptr + offs, mask=kv_mask, other=0.0)
             qk = dot(q, tl.trans(k)) * sm_scale_log2
-            visible = col_valid[None, :] & (in_prefix[None, :] | (row_item[:, None] == col_item[None, :]))
-            qk = tl.where(visible, qk, float("-inf"))
+            qk = tl.where(pos_mask[None, :], qk, float("-inf"))
+            acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, qk, v)
+
+        # Own segments: one flat loop over (decode j, own tile) so that loads pipeline across
+        # decodes; a tile of decode j updates only decode j's rows.
+        for f in range(tl.maximum(t_lo, prefix_tiles) - prefix_tiles, t_hi - prefix_tiles):
+            j = f // own_tiles
+            item = first + j
+            pos = (f - j * own_tiles) * BLOCK_N + offs_n
+            pos_mask = pos < tl.load(own_ctx_ptr + item) + 1
+            own_table = own_tables_ptr + item.to(tl.int64) * stride_own_table
+            offs = kv_tile_offsets(own_table, pos, pos_mask, kv_head, stride_kb, stride_ks, stride_kh,
+                                   offs_d, BLOCK_SIZE)
+            kv_mask = pos_mask[:, None] & d_mask[None, :]
+            k = tl.load(k_cache_ptr + offs, mask=kv_mask, other=0.0)
+            v = tl.load(v_cache_ptr + offs, mask=kv_mask, other=0.0)
+            qk = dot(q, tl.trans(k)) * sm_scale_log2
+            qk = tl.where((row_item == j)[:, None] & pos_mask[None, :], qk, float("-inf"))
             acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, qk, v)
 
         out_mask = row_valid[:, None] & d_mask[None, :]
@@ -186,20 +193,29 @@ def _counter_buffer(device: torch.device, size: int) -> torch.Tensor:
 
 def decode_launch_shape(num_decodes: int, num_groups: int, gqa_ratio: int, num_kv_heads: int,
                         max_kv_len: int, device: torch.device) -> tuple[int, int, int]:
-    """(BLOCK_M, tile slots, splits) for a step, from host values only (no device sync)."""
+    """(BLOCK_M, tile slots, splits) for a step, from host values only (no device sync).
+
+    BLOCK_M fits the average group's query rows (decodes x GQA ratio). The KV range is split
+    (split-K) only when the tiles leave part of the GPU idle: then into as many splits as fill
+    one wave. Long ranges with few waves are split too, to shorten the tail of the last wave.
+    Measured on an H100 (benchmarks/bench_attention.py): a second wave or a split that was not
+    needed costs more than the partial results' traffic.
+    """
     avg_rows = math.ceil(num_decodes * gqa_ratio / max(1, num_groups))
     block_m = min(max(next_pow2(avg_rows), 16, next_pow2(gqa_ratio)), max(128, next_pow2(gqa_ratio)))
     items = block_m // gqa_ratio
     # Tiles: a group of n decodes takes cdiv(n, items) tiles; this bounds their sum.
     slots = max(1, min(num_decodes, num_groups + num_decodes // items))
-    # Split the KV ranges only when the tiles alone leave multiprocessors idle (the paper's
-    # weak case: few groups, long prefix); each split costs a partial write and read.
     busy = max(num_groups, math.ceil(num_decodes / items)) * num_kv_heads
-    sms = num_sms(device)
-    splits = 1
-    if busy < sms:
-        splits = min(math.ceil(2 * sms / busy), max(1, max_kv_len // 256))
-    return block_m, slots, max(1, splits)
+    # Programs resident per multiprocessor (registers): about 3 at BLOCK_M 16, 1 from 64 on.
+    resident = num_sms(device) * (3 if block_m <= 16 else 2 if block_m <= 32 else 1)
+    if busy < resident:
+        splits = resident // busy
+    elif max_kv_len >= 8192 and busy < 3 * resident:
+        splits = math.ceil(3 * resident / busy)
+    else:
+        splits = 1
+    return block_m, slots, max(1, min(splits, max_kv_len // 512))
 
 
 def prefix_decode_attention(
@@ -213,7 +229,7 @@ def prefix_decode_attention(
     num_splits: int | None = None,
     block_m: int | None = None,
     block_n: int = 64,
-    merge_in_launch: bool = True,
+    merge_in_launch: bool = False,
     num_warps: int | None = None,
     num_stages: int = 3,
 ) -> None:
@@ -224,6 +240,8 @@ def prefix_decode_attention(
         return
     _, num_q_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
+    if k_cache.stride() != v_cache.stride():
+        raise ValueError("the K and V caches must share one layout (the kernel reads both at one offset)")
     gqa = num_q_heads // num_kv_heads
     num_groups = int(meta.decode_group_shared.shape[0])
     auto_m, slots, auto_splits = decode_launch_shape(
@@ -248,13 +266,12 @@ def prefix_decode_attention(
         num_groups, num_decodes, splits, num_kv_heads, scale * _LOG2E,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         meta.own_block_tables.stride(0), meta.shared_block_tables.stride(0),
         GQA_RATIO=gqa, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim),
         BLOCK_M=block_m, ITEMS=items, ITEMS_P2=max(16, next_pow2(items)), BLOCK_N=block_n,
         BLOCK_SIZE=meta.block_size, SPLIT=splits > 1, MERGE_IN_LAUNCH=merge_in_launch, SCAN=_SCAN,
-        # 8 warps once the accumulator reaches 64 x 128: 4 would need more than 255 registers.
-        num_warps=num_warps or (8 if block_m * head_dim >= 64 * 128 else 4), num_stages=num_stages,
+        # 4 warps (one warpgroup) up to 64 rows; 128 rows need 8 to stay in registers.
+        num_warps=num_warps or (8 if block_m >= 128 else 4), num_stages=num_stages,
     )
     if splits > 1 and not merge_in_launch:
         decode_merge_kernel[(num_decodes,)](

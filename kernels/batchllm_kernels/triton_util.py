@@ -68,23 +68,16 @@ def find_tile(ptr_ptr, num_entries, tile, PER_TILE: tl.constexpr, SCAN: tl.const
 
 
 @triton.jit
-def load_kv_rows(cache_ptr, blk, offset, mask, kv_head, stride_b, stride_s, stride_h, offs_d, d_mask):
-    """Gathers [BLOCK_N, BLOCK_D] K or V rows at (block id, offset in block) pairs of the paged cache."""
+def kv_tile_offsets(table_row_ptr, pos, pos_mask, kv_head, stride_b, stride_s, stride_h, offs_d,
+                    BLOCK_SIZE: tl.constexpr):
+    """Element offsets [BLOCK_N, BLOCK_D] of token positions `pos` of one paged sequence.
+
+    K and V caches share one layout, so one set of offsets (and one block-table read) serves both.
+    """
+    blk = tl.load(table_row_ptr + pos // BLOCK_SIZE, mask=pos_mask, other=0).to(tl.int64)
     # int64 offsets: a large cache has more than 2**31 elements.
-    row = blk.to(tl.int64) * stride_b + offset.to(tl.int64) * stride_s + kv_head.to(tl.int64) * stride_h
-    ptrs = cache_ptr + row[:, None] + offs_d[None, :]
-    return tl.load(ptrs, mask=mask[:, None] & d_mask[None, :], other=0.0)
-
-
-@triton.jit
-def load_kv_tile(
-    cache_ptr, table_row_ptr, pos, pos_mask, kv_head, stride_b, stride_s, stride_h, offs_d, d_mask,
-    BLOCK_SIZE: tl.constexpr,
-):
-    """Gathers the [BLOCK_N, BLOCK_D] K or V rows at token positions `pos` of one paged sequence."""
-    blk = tl.load(table_row_ptr + pos // BLOCK_SIZE, mask=pos_mask, other=0)
-    return load_kv_rows(cache_ptr, blk, pos % BLOCK_SIZE, pos_mask, kv_head, stride_b, stride_s,
-                        stride_h, offs_d, d_mask)
+    row = blk * stride_b + (pos % BLOCK_SIZE).to(tl.int64) * stride_s + kv_head.to(tl.int64) * stride_h
+    return row[:, None] + offs_d[None, :]
 
 
 @triton.jit

@@ -38,10 +38,12 @@ CPU_CASES = [
     ([(5, [2])], 1, 4, 64, FP16, 16, {}),  # group of one, prefix shorter than a block
     ([(37, [3, 20, 0]), (0, [5]), (16, [1] * 6)], 2, 4, 64, BF16, 16, {}),
     ([(37, list(range(17)))], 1, 4, 64, BF16, 16, {"block_m": 16, "num_splits": 3}),  # tiles x splits
+    ([(37, list(range(17)))], 1, 4, 64, FP16, 16,
+     {"block_m": 16, "num_splits": 3, "merge_in_launch": True}),
     ([(40, [1, 9, 30]), (0, [70]), (64, [0] * 5)], 1, 5, 64, FP16, 16, {"num_splits": 2}),
     ([(33, [4, 2, 7])], 1, 7, 64, BF16, 32, {}),
     ([(20, [3, 8, 1, 0])], 1, 16, 64, BF16, 16, {"num_splits": 2, "merge_in_launch": False}),
-    ([(70, [5, 50])], 2, 2, 128, FP16, 128, {"num_splits": 4}),  # block larger than BLOCK_N
+    ([(70, [5, 50])], 2, 2, 128, FP16, 128, {"num_splits": 4, "merge_in_launch": True}),  # block > BLOCK_N
     ([(19, [2] * 64)], 1, 1, 64, BF16, 8, {}),  # group of 64
     ([(0, [30]), (0, [2]), (0, [99])], 2, 8, 64, BF16, 16, {"num_splits": 3}),  # plain decodes only
 ]
@@ -74,7 +76,7 @@ def _gpu_grid():
     cases.append(([(0, [32000])], 8, 4, 128, BF16, 16, {}))  # one long plain decode: split-K
     cases.append(([(2000, [200] * 16)] * 16, 8, 4, 128, BF16, 16, {"num_splits": 5}))
     cases.append(([(2000, [200] * 16)] * 16, 8, 4, 128, BF16, 16,
-                  {"num_splits": 5, "merge_in_launch": False}))
+                  {"num_splits": 5, "merge_in_launch": True}))
     return cases
 
 
@@ -129,8 +131,10 @@ def test_launch_shape_splits_only_when_tiles_leave_sms_idle():
     block_m, slots, splits = decode_launch_shape(256, 16, 4, 8, 2200, cpu)
     assert (block_m, splits) == (64, 1) and slots >= 16
     block_m, slots, splits = decode_launch_shape(1, 1, 4, 1, 32000, cpu)
-    assert block_m == 16 and splits == 8  # 2 * 4 multiprocessors / 1 program
+    assert block_m == 16 and splits == 12  # one wave: 3 resident programs x 4 multiprocessors
     assert decode_launch_shape(1, 1, 4, 1, 300, cpu)[2] == 1  # too short to split
+    # Many tiles but a long range and less than 3 waves: split to shorten the tail.
+    assert decode_launch_shape(8, 8, 4, 2, 16000, cpu)[2] == 3
     assert decode_launch_shape(8, 8, 16, 2, 100, cpu)[0] == 16  # block_m >= gqa ratio
 
 
@@ -139,6 +143,6 @@ def test_in_launch_merge_leaves_its_counters_at_zero():
     from batchllm_kernels import prefix_decode
 
     step, _ = _check([(37, list(range(17)))], num_kv_heads=2, gqa=4, head_dim=64,
-                     block_m=16, num_splits=3)
+                     block_m=16, num_splits=3, merge_in_launch=True)
     counters = prefix_decode._counters[step.q.device]
     assert int(counters.abs().sum()) == 0
