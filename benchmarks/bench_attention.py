@@ -42,9 +42,9 @@ CASES = [
 ]
 # Launch settings tried per case for the tuning table: (block_n, num_stages, num_warps, splits);
 # None = the launcher's choice.
-SWEEP = [(64, 2, None, None), (64, 4, None, None), (32, 3, None, None), (32, 4, None, None),
-         (128, 2, 8, None), (128, 3, 8, None), (64, 3, 4, None), (64, 3, 8, None),
-         (64, 3, None, 1), (64, 3, None, 2), (64, 3, None, 4), (64, 3, None, 8)]
+SWEEP = [(64, 3, None, 1), (64, 3, None, 2), (64, 3, None, 4), (64, 3, None, 8),
+         (128, 2, None, None), (128, 3, None, None), (64, 2, None, None), (64, 4, None, None),
+         (32, 3, None, None), (64, 3, 4, None), (64, 3, 8, None)]
 
 
 class Case:
