@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batchllm_cli.bench.workloads import Saving, Workload
 from batchllm_cli.errors import OutputError
 
 REPORT_VERSION = 1
@@ -92,6 +93,22 @@ class BenchReport:
         except OSError as exc:
             raise OutputError(f"cannot write the bench results to {path}: {exc}") from exc
         return path
+
+
+def workload_record(workload: Workload, saving: Saving) -> dict[str, Any]:
+    """The workload part of a report: what was run, and the saving the planner should reach."""
+    spec = workload.spec
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "paper": spec.paper,
+        "num_requests": workload.num_requests,
+        "num_groups": spec.num_groups,
+        "output_len": spec.output_len,
+        "logical_prefill_tokens": workload.logical_prefill_tokens,
+        "analytic_processed_prefill_tokens": saving.processed_prefill_tokens,
+        "analytic_saving_ratio": round(saving.ratio, 6),
+    }
 
 
 def speedups(runs: tuple[RunResult, ...]) -> dict[str, float]:

@@ -125,7 +125,7 @@ def _run(
     warmup: bool,
     saving: Saving,
 ) -> BenchReport:
-    from batchllm_cli.bench.report import BenchReport, environment
+    from batchllm_cli.bench.report import BenchReport, environment, workload_record
     from batchllm_cli.bench.runner import run_systems
 
     progress = Progress(
@@ -149,19 +149,8 @@ def _run(
 
     with progress:
         runs = run_systems(bench_model, work, systems, warmup=warmup, on_event=on_event)
-    spec = work.spec
     return BenchReport(
-        workload={
-            "name": spec.name,
-            "description": spec.description,
-            "paper": spec.paper,
-            "num_requests": work.num_requests,
-            "num_groups": spec.num_groups,
-            "output_len": spec.output_len,
-            "logical_prefill_tokens": work.logical_prefill_tokens,
-            "analytic_processed_prefill_tokens": saving.processed_prefill_tokens,
-            "analytic_saving_ratio": round(saving.ratio, 6),
-        },
+        workload=workload_record(work, saving),
         model=bench_model.name,
         device=bench_model.config.device,
         dtype=bench_model.config.dtype,
