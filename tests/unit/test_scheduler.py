@@ -215,3 +215,13 @@ def test_simulate_counts_every_token_once():
     assert sum(result.tokens_per_step) == prefill + result.decode_tokens
     assert max(result.tokens_per_step) <= 32 and result.steps == len(result.tokens_per_step)
     assert 0 < result.peak_blocks <= int(0.9 * 120)
+    # the dry run is the real schedule when every request runs to max_tokens
+    always_long = [Request(r.index, r.id, r.prompt_ids, SamplingParams(max_tokens=r.sampling.max_tokens, ignore_eos=True)) for r in requests]
+    pool = BlockPool(120)
+    sched = Scheduler(always_long, groups, pool, block_size=4, token_budget=32, memory_bound=0.9)
+    model, steps = FakeModel(120, 4, always_long, groups), []
+    while sched.has_work:
+        batch = sched.schedule()
+        steps.append(batch.num_tokens)
+        sched.update(batch, model.run(batch))
+    assert tuple(steps) == result.tokens_per_step and pool.peak_used == result.peak_blocks

@@ -189,7 +189,13 @@ class Scheduler:
             self._open = None
         return self._finish_batch(items, shared)
 
-    def _add_chunk(self, unit: RequestState | GroupState, budget: int, items: list[StepItem], shared_id) -> int:
+    def _add_chunk(
+        self,
+        unit: RequestState | GroupState,
+        budget: int,
+        items: list[StepItem],
+        shared_id: Callable[[GroupState], int],
+    ) -> int:
         """Appends the next prefill chunk of `unit` (at most `budget` tokens); returns its length."""
         if isinstance(unit, GroupState):
             start = unit.prefix_computed
