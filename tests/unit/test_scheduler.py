@@ -194,7 +194,8 @@ def test_prefix_is_computed_once_and_freed_after_the_last_member():
 
 
 def test_more_decodes_than_budget_take_turns():
-    requests = [Request(i, str(i), np.array([i % VOCAB, 1], dtype=np.int32), SamplingParams(max_tokens=6, ignore_eos=True)) for i in range(10)]
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    requests = [Request(i, str(i), np.array([i % VOCAB, 1], dtype=np.int32), params) for i in range(10)]
     groups = [PrefixGroup(0, (i,)) for i in range(10)]
     outputs, _, _, _ = run_checked(requests, groups, num_blocks=100, block_size=2, token_budget=4, memory_bound=1.0)
     assert {i: len(o) for i, o in outputs.items()} == {i: 6 for i in range(10)}
@@ -216,7 +217,10 @@ def test_simulate_counts_every_token_once():
     assert max(result.tokens_per_step) <= 32 and result.steps == len(result.tokens_per_step)
     assert 0 < result.peak_blocks <= int(0.9 * 120)
     # the dry run is the real schedule when every request runs to max_tokens
-    always_long = [Request(r.index, r.id, r.prompt_ids, SamplingParams(max_tokens=r.sampling.max_tokens, ignore_eos=True)) for r in requests]
+    always_long = [
+        Request(r.index, r.id, r.prompt_ids, SamplingParams(max_tokens=r.sampling.max_tokens, ignore_eos=True))
+        for r in requests
+    ]
     pool = BlockPool(120)
     sched = Scheduler(always_long, groups, pool, block_size=4, token_budget=32, memory_bound=0.9)
     model, steps = FakeModel(120, 4, always_long, groups), []

@@ -26,7 +26,9 @@ class LLM:
     token_budget, num_kv_blocks, ...).
     """
 
-    def __init__(self, model: str | None = None, *, config: EngineConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, model: str | None = None, *, config: EngineConfig | None = None, **overrides: Any
+    ) -> None:
         from batchllm_cli.models.loader import load_model, resolve_model
         from batchllm_kernels import get_ops
 
@@ -36,7 +38,9 @@ class LLM:
         self._setup(source, loaded, config)
 
     @classmethod
-    def from_loaded(cls, source: Any, model: Any, *, config: EngineConfig | None = None, **overrides: Any) -> "LLM":
+    def from_loaded(
+        cls, source: Any, model: Any, *, config: EngineConfig | None = None, **overrides: Any
+    ) -> "LLM":
         """An LLM around an already loaded model (its ModelSource and LlamaForCausalLM), e.g. to
         run several engine settings on one model without loading it again."""
         llm = cls.__new__(cls)

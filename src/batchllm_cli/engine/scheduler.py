@@ -242,7 +242,9 @@ class Scheduler:
 
     # ---- after the step ran ----------------------------------------------------------------
 
-    def update(self, batch: StepBatch, sampled_ids: Sequence[int], stop: StopFn | None = None) -> list[RequestState]:
+    def update(
+        self, batch: StepBatch, sampled_ids: Sequence[int], stop: StopFn | None = None
+    ) -> list[RequestState]:
         """Applies a step: advances prefills, appends `sampled_ids` (one per sampling item, in
         item order), finishes requests; returns the requests that finished in this step."""
         states = self.active_states()
