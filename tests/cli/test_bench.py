@@ -64,7 +64,7 @@ def test_bench_runs_every_system_and_writes_its_json(tiny_run):
     assert list(runs) == ["batchllm", "batchllm-no-sharing", "hf-generate-batch"]
     for r in runs.values():
         assert (r["num_requests"], r["output_tokens"], r["short_outputs"]) == (8, 32, 0)
-        assert r["elapsed_s"] > 0 and r["requests_per_s"] == pytest.approx(8 / r["elapsed_s"], rel=1e-3)
+        assert r["elapsed_s"] > 0 and r["requests_per_s"] == pytest.approx(8 / r["elapsed_s"], rel=2e-3)
         assert r["logical_prefill_tokens"] == 8 * 40
     # sharing on computes each 32-token prefix once: 4 * 32 + 8 * 8 = 192 of 320
     assert runs["batchllm"]["prefill_tokens"] == 192 == doc["workload"]["analytic_processed_prefill_tokens"]

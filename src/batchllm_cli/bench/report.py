@@ -53,7 +53,7 @@ class RunResult:
         d["requests_per_s"] = round(self.requests_per_s, 4)
         d["output_tokens_per_s"] = round(self.output_tokens_per_s, 2)
         d["saving_ratio"] = None if self.saving_ratio is None else round(self.saving_ratio, 6)
-        d["elapsed_s"] = round(self.elapsed_s, 4)
+        d["elapsed_s"] = round(self.elapsed_s, 6)
         if self.plan_s is not None:
             d["plan_s"] = round(self.plan_s, 4)
         return d
