@@ -14,6 +14,7 @@ import typer
 from batchllm_cli import __version__
 from batchllm_cli.cli.bench import bench
 from batchllm_cli.cli.models import models
+from batchllm_cli.cli.run import RUN_EPILOG, run
 
 app = typer.Typer(
     name="batchllm",
@@ -49,6 +50,7 @@ def _root(
     """Offline batch LLM inference with global prefix sharing."""
 
 
+app.command("run", epilog=RUN_EPILOG)(run)
 app.command("models")(models)
 app.command("bench")(bench)
 

@@ -1,0 +1,177 @@
+"""The job Backend on the real engine: tokenize the records, plan the whole job, stream results.
+
+Kept apart from the commands so that `run` and `plan` turn records into the same requests (a
+plan made by `batchllm plan` fits the run that reads the same file), and so that tests can swap
+the engine for io.echo.EchoBackend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from batchllm_cli.errors import InputError
+from batchllm_cli.io.reader import BadLine, InputRecord, Kind
+from batchllm_cli.types import Completion, Request, SamplingParams
+
+KINDS: tuple[Kind, ...] = ("plain", "chat", "openai_chat", "openai_completion")
+TOKENIZE_BATCH = 512  # prompts per call of the fast tokenizer (it runs a batch in parallel)
+
+
+def request_seed(job_seed: int, line: int) -> int:
+    """The sampling seed of a line without its own: fixed by the job seed and the line, so a
+    resumed run samples each request exactly as an uninterrupted one would."""
+    return ((job_seed & 0x7FFFFFFF) << 32) | ((line - 1) & 0xFFFFFFFF)
+
+
+@dataclass
+class Tokenized:
+    """A job's requests (indices 0..n-1 in input order) and what the output needs of each."""
+
+    requests: list[Request]
+    kinds: bytearray  # [n] index into KINDS
+    pending: bytearray  # [n] 1 = still to run, 0 = already in the output
+    rejected: list[BadLine]  # pending lines the model cannot take (too long)
+
+
+def tokenize_records(
+    records: Iterable[tuple[InputRecord, bool]],
+    tokenizer: Any,
+    max_model_len: int,
+    defaults: SamplingParams,
+    job_seed: int,
+    keep_done: bool,
+) -> Tokenized:
+    """Requests of (record, done) pairs; done records are tokenized only when `keep_done`
+    (a saved plan names requests by their index in the whole job)."""
+    out = Tokenized([], bytearray(), bytearray(), [])
+    batch: list[tuple[InputRecord, bool]] = []
+    for rec, done in records:
+        if done and not keep_done:
+            continue
+        batch.append((rec, done))
+        if len(batch) >= TOKENIZE_BATCH:
+            _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, out)
+            batch = []
+    _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, out)
+    return out
+
+
+def _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, out: Tokenized) -> None:  # type: ignore[no-untyped-def]
+    texts = [rec.prompt for rec, _ in batch if rec.prompt is not None]
+    encoded = iter(tokenizer.encode_batch(texts))
+    for rec, done in batch:
+        try:
+            ids = next(encoded) if rec.prompt is not None else tokenizer.encode_chat(list(rec.messages or ()))
+        except InputError as exc:
+            if not done:
+                out.rejected.append(BadLine(rec.line, rec.id, "invalid_messages", str(exc), "messages", _is_openai(rec)))
+            continue
+        params = rec.sampling.apply(defaults)
+        if params.seed is None:
+            params = replace(params, seed=request_seed(job_seed, rec.line))
+        total = len(ids) + params.max_tokens
+        if total > max_model_len:
+            if not done:
+                message = (
+                    f"{len(ids)} prompt tokens + max_tokens {params.max_tokens} = {total} exceed the "
+                    f"model's context of {max_model_len} tokens: shorten the prompt or lower max_tokens"
+                )
+                out.rejected.append(BadLine(rec.line, rec.id, "context_length_exceeded", message, None, _is_openai(rec)))
+            continue
+        out.requests.append(Request(len(out.requests), rec.id, np.asarray(ids, dtype=np.int32), params))
+        out.kinds.append(KINDS.index(rec.kind))
+        out.pending.append(0 if done else 1)
+
+
+def _is_openai(rec: InputRecord) -> bool:
+    return rec.kind.startswith("openai")
+
+
+def restrict_plan(plan: Any, tokenized: Tokenized, settings: Any) -> tuple[list[Request], Any]:
+    """The pending requests (re-indexed 0..m-1) and `plan` cut down to them, in the same order.
+
+    `plan` is first checked against the whole job (PlanError if it belongs to another input)."""
+    from batchllm_cli.planner.plan import Plan, PrefixGroup, input_fingerprint
+
+    plan.validate(tokenized.requests, settings)
+    new_index = np.cumsum(np.frombuffer(bytes(tokenized.pending), dtype=np.uint8), dtype=np.int64) - 1
+    keep = tokenized.pending
+    groups = []
+    for g in plan.groups:
+        members = tuple(int(new_index[m]) for m in g.members if keep[m])
+        if members:
+            groups.append(PrefixGroup(g.prefix_len if len(members) > 1 else 0, members))
+    requests = [replace(r, index=int(new_index[r.index])) for r in tokenized.requests if keep[r.index]]
+    sub = Plan(plan.version, input_fingerprint(requests, plan.settings), tuple(groups), plan.settings, plan.stats)
+    return requests, sub
+
+
+class EngineBackend:
+    """io.job.Backend on batchllm_cli.engine.LLM."""
+
+    def __init__(
+        self,
+        model: str | None,
+        config: Any,  # EngineConfig
+        defaults: SamplingParams,
+        plan_path: Path | None = None,
+        on_phase: Callable[[str], None] = lambda text: None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.defaults = defaults
+        self.plan_path = plan_path
+        self.on_phase = on_phase
+        self.model_name = "unknown"
+        self._tokenized: Tokenized | None = None
+
+    def prepare(self, records: Iterator[tuple[InputRecord, bool]]) -> list[BadLine]:
+        from batchllm_cli.engine.tokenizer import Tokenizer
+        from batchllm_cli.models.loader import resolve_model
+
+        self.on_phase("reading the model's configuration")
+        source = resolve_model(self.model)
+        self.model_name = source.name
+        tokenizer = Tokenizer.load(source.tokenizer_dir, source.tokenizer_gguf_file)
+        self.on_phase("tokenizing")
+        self._tokenized = tokenize_records(
+            records, tokenizer, source.config.max_position, self.defaults, self.config.seed,
+            keep_done=self.plan_path is not None,
+        )
+        return self._tokenized.rejected
+
+    def run(self, on_progress: Callable[[Any], None]) -> Iterator[tuple[Kind, Completion]]:
+        from batchllm_cli.engine.llm import LLM
+
+        assert self._tokenized is not None, "prepare() first"
+        tok = self._tokenized
+        self.on_phase("loading the model")
+        llm = LLM(self.model, config=self.config)
+        if self.plan_path is not None:
+            self.on_phase("checking the plan")
+            requests, plan = restrict_plan(read_plan(self.plan_path), tok, llm.plan_settings())
+        else:
+            requests = tok.requests
+            self.on_phase("planning")
+            plan = llm.plan(requests)
+        kinds = bytes(k for k, p in zip(tok.kinds, tok.pending) if p)
+        self._tokenized = None  # the engine holds the requests from here
+        self.on_phase("running")
+        for completion in llm.stream(requests, plan=plan, on_progress=on_progress):
+            yield KINDS[kinds[completion.index]], completion
+
+
+def read_plan(path: Path) -> Any:
+    """A plan file written by `batchllm plan --json`; PlanError when it is not one."""
+    from batchllm_cli.errors import PlanError
+    from batchllm_cli.planner.plan import Plan
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise PlanError(f"cannot read the plan file {path}: {exc.strerror or exc}") from None
+    return Plan.from_json(data)

@@ -1,0 +1,125 @@
+"""`batchllm run`: answer every prompt of a JSONL file into an output JSONL file, resumably."""
+
+from __future__ import annotations
+
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Optional
+
+import typer
+from rich.console import Console
+
+from batchllm_cli.cli.errors import EXIT_LINES_FAILED, handled
+
+RUN_EPILOG = """\
+Examples:
+
+  batchllm run sample_data/prompts.jsonl -o out.jsonl
+
+  batchllm run prompts.jsonl -o out.jsonl --max-tokens 64 --temperature 0.7 --seed 1
+
+  batchllm plan prompts.jsonl --json plan.json && batchllm run prompts.jsonl -o out.jsonl --plan plan.json
+
+Run the same command again after a crash or Ctrl-C: finished lines are kept and skipped.
+Exit codes: 0 all answered, 2 bad input, 3 output refused, 8 some lines failed (their error
+records are in the output), 130/143 interrupted (resumable).
+"""
+
+
+def run(
+    input: Annotated[Path, typer.Argument(help="JSONL file: one prompt, chat or OpenAI batch line per line.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write one JSON result per input line.", show_default=False)],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Preset name (see `batchllm models`), .gguf file or model directory. Default: the embedded SmolLM2-135M.")] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most new tokens per request (a line's max_tokens wins).")] = 256,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy (deterministic); a line's temperature wins.")] = 0.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling cut (1 = off).")] = 1.0,
+    top_k: Annotated[int, typer.Option(min=0, help="Top-k sampling cut (0 = off).")] = 0,
+    seed: Annotated[int, typer.Option(help="Job seed: a line without its own seed samples from (seed, line number), so results never depend on batching.")] = 0,
+    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Check every line first; any bad line stops the job before the model loads.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start OUTPUT over instead of resuming it.")] = False,
+    plan: Annotated[Optional[Path], typer.Option("--plan", help="Run a plan written by `batchllm plan --json` (checked against this input).")] = None,
+    no_prefix_sharing: Annotated[bool, typer.Option("--no-prefix-sharing", help="Compute every prompt whole (to measure what sharing buys).")] = False,
+    token_budget: Annotated[Optional[int], typer.Option(min=1, help="Tokens per engine step (default: configs/engine/default.toml for the device).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda[:N]; default: cuda when present.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary; errors only.")] = False,
+) -> None:
+    """Answer every prompt of INPUT into OUTPUT, sharing the prompts' common prefixes.
+
+    Bad lines get an error record (with their line number) and the run goes on. Each result
+    is written and flushed as its request finishes; run the same command again to resume.
+    """
+    console = Console(stderr=True)
+    with handled():
+        from batchllm_cli.cli.backend import EngineBackend
+        from batchllm_cli.cli.progress import make_reporter
+        from batchllm_cli.cli.render import job_summary_table
+        from batchllm_cli.engine.config import load_engine_config
+        from batchllm_cli.io.fingerprint import JobFingerprint
+        from batchllm_cli.io.job import JobOptions, run_job
+        from batchllm_cli.types import SamplingParams
+
+        defaults = SamplingParams(max_tokens, temperature, top_p, top_k, None, tuple(stop or ()))
+        config = load_engine_config(
+            device, token_budget=token_budget, prefix_sharing=not no_prefix_sharing, seed=seed
+        )
+        settings = {
+            "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k,
+            "seed": seed, "stop": list(defaults.stop), "dtype": config.dtype,
+        }
+        fingerprint = JobFingerprint.make(input, model_key(model), settings)
+        opts = JobOptions(input, output, fingerprint, strict=strict, overwrite=overwrite)
+        with make_reporter(console, quiet) as reporter, _stop_on_signals() as stop_flag:
+            summary = run_job(
+                opts,
+                lambda: EngineBackend(model, config, defaults, plan, on_phase=reporter.phase),
+                reporter,
+                should_stop=stop_flag.get,
+            )
+        if not quiet:
+            console.print(job_summary_table(summary))
+        if summary.bad_lines:
+            console.print(
+                f"[yellow]{summary.bad_lines} input line(s) could not run: their error records "
+                f"are in {output}[/]", highlight=False,
+            )
+            raise typer.Exit(EXIT_LINES_FAILED)
+
+
+def model_key(model: str | None) -> str:
+    """The model as the fingerprint names it: a preset name, or a file's resolved path."""
+    if model is None:
+        return "smollm2"
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
+class _StopFlag:
+    """The name of the first stop signal received, read by the job between engine steps."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+
+    def get(self) -> str | None:
+        return self.name
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[_StopFlag]:
+    """SIGINT/SIGTERM ask the job to stop after the current step (the output stays whole);
+    a second one stops at once."""
+    flag = _StopFlag()
+    names = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if flag.name is not None:
+            raise KeyboardInterrupt
+        flag.name = names[signum]
+
+    previous = {s: signal.signal(s, on_signal) for s in names}
+    try:
+        yield flag
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,201 @@
+"""Checks of single input fields (sampling options, ids, chat messages) with actionable messages.
+
+Each checker returns the clean value or raises FieldError naming the field; the reader turns a
+FieldError into the line's error record.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from batchllm_cli.types import SamplingParams
+
+SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop")
+ROLES = ("system", "user", "assistant")
+MAX_SEED = 2**63  # seeds are kept as signed 64-bit values
+
+# Options people send that change the output and that batchllm does not implement: refused
+# unless set to the value that means "off", so that a request never silently runs differently.
+NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
+    "n": (1,),
+    "best_of": (1,),
+    "presence_penalty": (0,),
+    "frequency_penalty": (0,),
+    "repetition_penalty": (1,),
+    "min_p": (0,),
+    "min_tokens": (0,),
+    "logprobs": (False, 0),
+    "top_logprobs": (0,),
+    "stream": (False,),
+    "echo": (False,),
+    "logit_bias": ({},),
+    "tools": ([],),
+    "tool_choice": ("none", "auto"),  # harmless while no tools are given
+    "functions": ([],),
+    "function_call": ("none",),
+    "response_format": ({"type": "text"},),
+    "stream_options": (),
+    "parallel_tool_calls": (True, False),  # only matters with tools
+    "suffix": ("",),
+    "prediction": (),
+    "audio": (),
+    "modalities": (["text"],),
+    "reasoning_effort": (),
+}
+_NEUTRAL_NAMES = frozenset(NEUTRAL_VALUES)
+_SAMPLING_NAMES = frozenset(SAMPLING_FIELDS)
+
+
+class FieldError(ValueError):
+    """A field of one input line is unusable; `param` names it, `code` says how."""
+
+    def __init__(self, param: str | None, message: str, code: str = "invalid_field") -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingOverrides:
+    """The sampling fields one line sets; None = the job's default (CLI option)."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] | None = None
+
+    def apply(self, defaults: SamplingParams) -> SamplingParams:
+        if self is NO_OVERRIDES:
+            return defaults
+        changes = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(defaults, **{k: v for k, v in changes.items() if v is not None})
+
+
+NO_OVERRIDES = SamplingOverrides()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise FieldError(name, f"{name} must be a number, got {_show(value)}")
+    return float(value)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def sampling_overrides(obj: dict[str, Any], max_tokens_key: str = "max_tokens") -> SamplingOverrides:
+    """The sampling fields of `obj` (absent or null = default), checked for type and range."""
+    if _SAMPLING_NAMES.isdisjoint(obj) and max_tokens_key not in obj:
+        return NO_OVERRIDES
+    max_tokens = obj.get(max_tokens_key)
+    if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
+        raise FieldError(max_tokens_key, f"{max_tokens_key} must be an integer >= 1, got {_show(max_tokens)}")
+    temperature = obj.get("temperature")
+    if temperature is not None:
+        temperature = _number("temperature", temperature)
+        if temperature < 0:
+            raise FieldError("temperature", f"temperature must be >= 0, got {temperature}")
+    top_p = obj.get("top_p")
+    if top_p is not None:
+        top_p = _number("top_p", top_p)
+        if not 0 < top_p <= 1:
+            raise FieldError("top_p", f"top_p must be in (0, 1], got {top_p}")
+    top_k = obj.get("top_k")
+    if top_k is not None:
+        if not _is_int(top_k) or top_k < -1:
+            raise FieldError("top_k", f"top_k must be an integer >= 0 (or -1 for none), got {_show(top_k)}")
+        top_k = max(top_k, 0)  # -1 is vLLM's spelling of "no top-k cut"
+    seed = obj.get("seed")
+    if seed is not None and (not _is_int(seed) or not -MAX_SEED <= seed < MAX_SEED):
+        raise FieldError("seed", f"seed must be a 64-bit integer, got {_show(seed)}")
+    stop = obj.get("stop")
+    if stop is not None:
+        stop = _stop(stop)
+    return SamplingOverrides(max_tokens, temperature, top_p, top_k, seed, stop)
+
+
+def _stop(value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items):
+        raise FieldError("stop", f"stop must be a non-empty string or a list of them, got {_show(value)}")
+    return tuple(items)
+
+
+def check_unsupported(obj: dict[str, Any]) -> None:
+    """Raises for an option batchllm does not implement, set to something other than off."""
+    if _NEUTRAL_NAMES.isdisjoint(obj):
+        return
+    for name in _NEUTRAL_NAMES.intersection(obj):
+        value, neutral = obj[name], NEUTRAL_VALUES[name]
+        if value is not None and value not in neutral:
+            raise FieldError(name, f"{name}={_show(value)} is not supported by batchllm", "unsupported_field")
+
+
+def check_typos(obj: dict[str, Any], known: tuple[str, ...]) -> None:
+    """Raises for an unknown field that looks like a misspelt known one (it would be ignored)."""
+    for name in obj:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        if close:
+            raise FieldError(name, f"unknown field {name!r}: did you mean {close[0]!r}?", "unknown_field")
+
+
+def record_id(value: Any, name: str) -> str:
+    """An id as text: a non-empty string, or an integer."""
+    if _is_int(value):
+        return str(value)
+    if isinstance(value, str) and value:
+        return value
+    raise FieldError(name, f"{name} must be a non-empty string or an integer, got {_show(value)}")
+
+
+def prompt_text(value: Any, name: str = "prompt") -> str:
+    if not isinstance(value, str):
+        raise FieldError(name, f"{name} must be a string, got {_show(value)}")
+    if not value or value.isspace():
+        raise FieldError(name, f"{name} is empty", "empty_prompt")
+    return value
+
+
+def messages(value: Any) -> tuple[dict[str, str], ...]:
+    """Chat messages as (role, content) dicts; content parts of type text are joined."""
+    if not isinstance(value, list) or not value:
+        raise FieldError("messages", f"messages must be a non-empty list, got {_show(value)}")
+    out = []
+    for i, m in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise FieldError(where, f"{where} must be an object with role and content, got {_show(m)}")
+        role = m.get("role")
+        role = "system" if role == "developer" else role  # OpenAI's newer name for system
+        if role not in ROLES:
+            raise FieldError(f"{where}.role", f"{where}.role must be one of {', '.join(ROLES)}, got {_show(role)}")
+        out.append({"role": role, "content": _content(m.get("content"), f"{where}.content")})
+    if all(not m["content"] or m["content"].isspace() for m in out):
+        raise FieldError("messages", "every message is empty", "empty_prompt")
+    return tuple(out)
+
+
+def _content(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = []
+        for part in value:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise FieldError(where, f"{where}: only text parts are supported, got {_show(part)}", "unsupported_field")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise FieldError(where, f"{where} must be a string or a list of text parts, got {_show(value)}")

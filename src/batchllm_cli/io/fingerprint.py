@@ -1,0 +1,87 @@
+"""The job fingerprint: what an output file was made from (input bytes, model, settings).
+
+It is kept beside the output (OUTPUT + ".batchllm.json") so that a later run with the same
+arguments can tell whether it may resume the file or must refuse. Settings that change what a
+request's text can be (sampling defaults, dtype, model) are in it; settings that only change
+speed (token budget, prefix sharing, device of the same dtype) are not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batchllm_cli.errors import OutputError
+from batchllm_cli.io.reader import open_input
+
+FINGERPRINT_VERSION = 1
+
+
+def file_sha256(path: str | Path) -> tuple[str, int]:
+    """(hex SHA-256, size in bytes) of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open_input(path) as f:
+        while chunk := f.read(2**20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+@dataclass(frozen=True)
+class JobFingerprint:
+    """The input and settings an output file belongs to."""
+
+    input_sha256: str
+    input_size: int
+    model: str  # a preset name, or the resolved path of a model file or directory
+    settings: tuple[tuple[str, Any], ...]  # sorted (name, value) pairs
+
+    @classmethod
+    def make(cls, input_path: str | Path, model: str, settings: dict[str, Any]) -> "JobFingerprint":
+        sha, size = file_sha256(input_path)
+        return cls(sha, size, model, tuple(sorted(settings.items())))
+
+    @property
+    def tag(self) -> str:
+        """A short id of this job (seeds the ids of OpenAI output objects)."""
+        return hashlib.sha256(repr(self.to_dict()).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": FINGERPRINT_VERSION,
+            "input": {"sha256": self.input_sha256, "size": self.input_size},
+            "model": self.model,
+            "settings": dict(self.settings),
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> "JobFingerprint":
+        """Reads `to_dict` output; OutputError when it is not a fingerprint of this version."""
+        try:
+            if doc["version"] != FINGERPRINT_VERSION:
+                raise OutputError(f"fingerprint version {doc['version']} is not {FINGERPRINT_VERSION}")
+            settings = doc["settings"]
+            return cls(
+                str(doc["input"]["sha256"]),
+                int(doc["input"]["size"]),
+                str(doc["model"]),
+                tuple(sorted((str(k), v) for k, v in settings.items())),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise OutputError(f"damaged fingerprint ({type(exc).__name__}: {exc})") from exc
+
+    def differences(self, other: "JobFingerprint") -> list[str]:
+        """What differs from `other` (the fingerprint on disk), in words; empty when they match."""
+        out = []
+        if (self.input_sha256, self.input_size) != (other.input_sha256, other.input_size):
+            out.append("the input file's content")
+        if self.model != other.model:
+            out.append(f"model {other.model} -> {self.model}")
+        mine, theirs = dict(self.settings), dict(other.settings)
+        for name in sorted(set(mine) | set(theirs)):
+            if mine.get(name) != theirs.get(name):
+                out.append(f"{name} {theirs.get(name)} -> {mine.get(name)}")
+        return out

@@ -1,0 +1,101 @@
+"""Output line shapes: plain result lines, error records, and OpenAI batch output lines.
+
+Plain input -> {"id", "text", "finish_reason", "usage": {prompt_tokens, completion_tokens,
+shared_prefix_tokens}}; a bad line -> {"id", "line", "error": {"code", "message"}}.
+OpenAI batch input -> {"id", "custom_id", "response": {"status_code", "request_id", "body"},
+"error"}, the body shaped as the endpoint's own response (chat.completion or text_completion,
+usage.prompt_tokens_details.cached_tokens = shared-prefix tokens), or status 400 with an error
+body for a request the endpoint would refuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import orjson
+
+from batchllm_cli.io.index import key_of
+from batchllm_cli.io.reader import BadLine, Kind
+from batchllm_cli.types import Completion
+
+
+def _ident(job_tag: str, prefix: str, custom_id: str, length: int = 24) -> str:
+    """A stable id for an OpenAI object: the same job and request give the same id on resume."""
+    digest = hashlib.sha256(f"{job_tag}\x00{prefix}\x00{custom_id}".encode()).hexdigest()
+    return f"{prefix}{digest[:length]}"
+
+
+def dumps_line(obj: dict[str, Any]) -> bytes:
+    """One output line with its newline: compact JSON, non-ASCII kept as UTF-8."""
+    return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def completion_record(kind: Kind, c: Completion, model: str, job_tag: str) -> dict[str, Any]:
+    """The output record of a finished request, shaped for its input format."""
+    if kind in ("plain", "chat"):
+        return {
+            "id": c.id,
+            "text": c.text,
+            "finish_reason": c.finish_reason,
+            "usage": {
+                "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens,
+                "shared_prefix_tokens": c.shared_prefix_tokens,
+            },
+        }
+    usage = {
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens,
+        "total_tokens": c.prompt_tokens + c.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": c.shared_prefix_tokens},
+    }
+    if kind == "openai_chat":
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": c.text},
+            "logprobs": None,
+            "finish_reason": c.finish_reason,
+        }
+        body = {"id": _ident(job_tag, "chatcmpl-", c.id), "object": "chat.completion"}
+    else:
+        choice = {"index": 0, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
+        body = {"id": _ident(job_tag, "cmpl-", c.id), "object": "text_completion"}
+    body.update(created=int(time.time()), model=model, choices=[choice], usage=usage)
+    return _openai_envelope(job_tag, c.id, 200, body)
+
+
+def error_record(bad: BadLine, job_tag: str) -> dict[str, Any]:
+    """The output record of a bad input line."""
+    if bad.openai and bad.id is not None:
+        error = {
+            "message": f"line {bad.line}: {bad.message}",
+            "type": "invalid_request_error",
+            "param": bad.param,
+            "code": bad.code,
+        }
+        return _openai_envelope(job_tag, bad.id, 400, {"error": error})
+    return {"id": bad.id, "line": bad.line, "error": {"code": bad.code, "message": bad.message}}
+
+
+def _openai_envelope(job_tag: str, custom_id: str, status: int, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": _ident(job_tag, "batch_req_", custom_id),
+        "custom_id": custom_id,
+        "response": {"status_code": status, "request_id": _ident(job_tag, "req_", custom_id, 32), "body": body},
+        "error": None,
+    }
+
+
+def record_key(obj: Any) -> bytes | None:
+    """The key (index.key_of) of an output record read back, None if it is not one of ours."""
+    if not isinstance(obj, dict):
+        return None
+    if isinstance(obj.get("custom_id"), str):
+        return key_of(obj["custom_id"], 0)
+    if isinstance(obj.get("id"), str):
+        return key_of(obj["id"], 0)
+    if obj.get("id") is None and isinstance(obj.get("line"), int) and "error" in obj:
+        return key_of(None, obj["line"])
+    return None

@@ -1,0 +1,271 @@
+"""run_job: one batch job from an input file to an output file, the engine behind a protocol.
+
+Two passes over the input keep memory small: the first checks every line and collects the
+keys (duplicates are refused before anything is written), the second streams the lines the
+output does not hold yet, writing bad lines' error records at once and handing the good ones to
+the backend. The backend keeps what it needs (the engine: token ids, for global planning).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, TypeVar
+
+from batchllm_cli.errors import BatchLLMError, InputError, OutputError
+from batchllm_cli.io.fingerprint import JobFingerprint
+from batchllm_cli.io.formats import completion_record, error_record
+from batchllm_cli.io.index import KeyIndex, key_of
+from batchllm_cli.io.reader import BadLine, InputRecord, Kind, read_ids, read_input
+from batchllm_cli.io.writer import OutputWriter, ResumeState, inspect_output
+from batchllm_cli.types import Completion
+
+T = TypeVar("T")
+MAX_DUPLICATES = 50  # duplicate pairs named in one error message
+# bad lines named by --strict: all of them in any file a person would fix by hand
+MAX_LISTED = 1000
+
+
+class Backend(Protocol):
+    """The engine side of a job (cli.backend.EngineBackend; tests use an echoing fake)."""
+
+    model_name: str
+
+    def prepare(self, records: Iterator[tuple[InputRecord, bool]]) -> list[BadLine]:
+        """Takes the job's good records with a flag "already in the output" (a stream, seen
+        once); returns the pending ones the model cannot take (too long for its context)."""
+
+    def run(self, on_progress: Callable[[Any], None]) -> Iterator[tuple[Kind, Completion]]:
+        """Runs what prepare took, yielding each request's kind and Completion as it finishes.
+        on_progress gets engine progress (requests_done, prompt_tokens, prefill_tokens,
+        output_tokens, elapsed_s) after each step."""
+
+
+class Reporter(Protocol):
+    """Where a job tells what it is doing (the CLI draws it; tests may record it)."""
+
+    def phase(self, text: str) -> None: ...
+    def note(self, text: str) -> None: ...
+    def progress(self, p: "JobProgress") -> None: ...
+
+
+class SilentReporter:
+    def phase(self, text: str) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+    def progress(self, p: "JobProgress") -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    input_path: Path
+    output_path: Path
+    fingerprint: JobFingerprint
+    strict: bool = False  # any bad line stops the job before the model runs
+    overwrite: bool = False  # start the output over instead of resuming it
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """Where the model part of a job stands (this run's requests only)."""
+
+    requests_done: int
+    requests_total: int
+    resumed: int  # records already in the output when the run started
+    errors: int  # error records written by this run
+    prompt_tokens: int
+    prefill_tokens: int
+    output_tokens: int
+    elapsed_s: float  # since the engine started
+
+    @property
+    def prefix_tokens_saved(self) -> int:
+        return max(0, self.prompt_tokens - self.prefill_tokens)
+
+
+@dataclass
+class JobSummary:
+    """What a job did; filled as it goes, final when run_job returns or raises JobInterrupted."""
+
+    output_path: Path
+    lines: int = 0  # non-blank input lines
+    bad_lines: int = 0  # input lines that cannot run (parse errors; too long ones once known)
+    resumed: int = 0  # records found in the output at the start
+    torn_bytes: int = 0  # bytes of a torn last line cut off at the start
+    requests: int = 0  # requests run by this run
+    completed: int = 0
+    errors: int = 0  # error records written by this run
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    prefix_tokens_saved: int = 0
+    engine_s: float = 0.0  # time in the engine (after loading)
+    wall_s: float = 0.0
+    interrupted: str | None = None  # the signal's name when stopped early
+    _start: float = field(default_factory=time.perf_counter, repr=False)
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        return self.output_tokens / self.engine_s if self.engine_s > 0 else 0.0
+
+
+class JobInterrupted(BatchLLMError):
+    """The job stopped on a signal; finished records are in the output and it can resume."""
+
+    exit_code = 130
+
+    def __init__(self, signal_name: str, summary: JobSummary) -> None:
+        self.signal_name = signal_name
+        self.summary = summary
+        self.exit_code = 143 if signal_name == "SIGTERM" else 130
+        done = summary.resumed + summary.completed + summary.errors
+        super().__init__(
+            f"stopped by {signal_name}: {done} finished records are in {summary.output_path}; "
+            "run the same command again to resume"
+        )
+
+
+def run_job(
+    opts: JobOptions,
+    backend_factory: Callable[[], Backend],
+    reporter: Reporter | None = None,
+    should_stop: Callable[[], str | None] = lambda: None,
+) -> JobSummary:
+    """Runs the job of `opts`; raises InputError / OutputError / JobInterrupted (and whatever
+    the backend raises) with the output left resumable."""
+    rep = reporter or SilentReporter()
+    summary = JobSummary(output_path=opts.output_path)
+    _check_paths(opts)
+    state = inspect_output(opts.output_path, opts.fingerprint, opts.overwrite)
+    rep.phase("checking the input")
+    pending_lines = _check_input(opts, summary, state)
+    summary.resumed, summary.torn_bytes = state.records, state.torn_bytes
+    if state.mode == "resume":
+        rep.note(f"resuming {opts.output_path}: {state.records} of {summary.lines} records are there")
+    if state.torn_bytes:
+        rep.note(f"cut {state.torn_bytes} bytes of a torn last line")
+
+    def stop_check() -> None:
+        name = should_stop()
+        if name is not None:
+            summary.interrupted = name
+            raise JobInterrupted(name, _finish(summary))
+
+    with OutputWriter(opts.output_path, state, opts.fingerprint) as writer:
+        tag = opts.fingerprint.tag
+        counter = _PendingCounter()
+        pairs = _pending(opts.input_path, state, writer, tag, summary, counter)
+        rejected_count = 0
+        if pending_lines:
+            backend = backend_factory()
+            rejected = backend.prepare(pairs)
+            if opts.strict and rejected:
+                raise _bad_lines_error([b.describe() for b in rejected], len(rejected))
+            for bad in rejected:
+                writer.write(error_record(bad, tag))
+            rejected_count = len(rejected)
+            summary.errors += rejected_count
+            summary.bad_lines += rejected_count
+            stop_check()
+
+            def on_progress(p: Any) -> None:
+                summary.requests = counter.good - rejected_count
+                summary.engine_s = p.elapsed_s
+                summary.prefix_tokens_saved = max(0, p.prompt_tokens - p.prefill_tokens)
+                rep.progress(
+                    JobProgress(p.requests_done, summary.requests, summary.resumed, summary.errors,
+                                p.prompt_tokens, p.prefill_tokens, p.output_tokens, p.elapsed_s)
+                )
+                stop_check()
+
+            for kind, completion in backend.run(on_progress):
+                writer.write(completion_record(kind, completion, backend.model_name, tag))
+                summary.completed += 1
+                summary.prompt_tokens += completion.prompt_tokens
+                summary.output_tokens += completion.completion_tokens
+        for _ in pairs:  # a backend that stopped reading early: the remaining bad lines' records
+            pass
+        summary.requests = counter.good - rejected_count
+        stop_check()
+        writer.close(complete=True)
+    return _finish(summary)
+
+
+def _finish(summary: JobSummary) -> JobSummary:
+    summary.wall_s = time.perf_counter() - summary._start
+    return summary
+
+
+def _check_paths(opts: JobOptions) -> None:
+    try:
+        if opts.output_path.exists() and os.path.samefile(opts.input_path, opts.output_path):
+            raise OutputError(f"the output {opts.output_path} is the input file: choose another -o")
+    except FileNotFoundError:
+        pass  # the input's absence is reported by the reader
+
+
+def _check_input(opts: JobOptions, summary: JobSummary, state: ResumeState) -> int:
+    """Pass 1: refuses duplicate ids, and (--strict) any bad line, before anything is written.
+    Returns how many lines the output does not hold yet."""
+    keys = KeyIndex()
+    listed: list[str] = []
+    bad = 0
+    if opts.strict:
+        for rec in read_input(opts.input_path):
+            keys.add(key_of(rec.id, rec.line), rec.line)
+            if isinstance(rec, BadLine):
+                bad += 1
+                if len(listed) < MAX_LISTED:
+                    listed.append(rec.describe())
+    else:
+        for line, rid in read_ids(opts.input_path):
+            keys.add(key_of(rid, line), line)
+    summary.lines = len(keys)
+    dups = keys.duplicates(limit=MAX_DUPLICATES)
+    if dups:
+        shown = "; ".join(f"line {b} repeats the id of line {a}" for a, b in dups)
+        more = keys.count_duplicates() - len(dups)
+        tail = f" (and {more} more)" if more > 0 else ""
+        raise InputError(f"duplicate ids: {shown}{tail}; every id must be unique")
+    if bad:
+        raise _bad_lines_error(listed, bad)
+    # every record of the output is a line of this input (same fingerprint, no duplicates)
+    return summary.lines - state.records
+
+
+def _bad_lines_error(listed: list[str], total: int) -> InputError:
+    more = f"\n  ... and {total - len(listed)} more (run without --strict for a record of each)" if total > len(listed) else ""
+    body = "\n  ".join(listed[:MAX_LISTED])
+    return InputError(f"{total} bad input line(s) (--strict: nothing was run):\n  {body}{more}")
+
+
+@dataclass
+class _PendingCounter:
+    good: int = 0
+
+
+def _pending(
+    path: Path, state: ResumeState, writer: OutputWriter, tag: str, summary: JobSummary, counter: _PendingCounter
+) -> Iterator[tuple[InputRecord, bool]]:
+    """Pass 2: (good record, already done) pairs; bad lines get their error record on the way."""
+    resuming = state.records > 0
+    for rec in read_input(path):
+        done = resuming and key_of(rec.id, rec.line) in state.done
+        if isinstance(rec, BadLine):
+            summary.bad_lines += 1
+            if not done:
+                writer.write(error_record(rec, tag))
+                summary.errors += 1
+        else:
+            counter.good += not done
+            yield rec, done
+
+
+def _chain(first: T, rest: Iterator[T]) -> Iterator[T]:
+    yield first
+    yield from rest

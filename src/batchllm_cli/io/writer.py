@@ -1,0 +1,162 @@
+"""The output writer: whole-line appends, the sidecar fingerprint, resume and torn-line repair.
+
+Crash safety: each record is one `os.write` of its line and newline on an O_APPEND descriptor,
+so the kernel holds it as soon as the request finishes and a killed process loses at most the
+line being written. On the next run that torn tail (anything after the last whole, parseable
+line) is cut off and the finished records' keys are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from batchllm_cli.errors import OutputError
+from batchllm_cli.io.fingerprint import JobFingerprint
+from batchllm_cli.io.formats import dumps_line, record_key
+from batchllm_cli.io.index import KeyIndex
+
+SIDECAR_SUFFIX = ".batchllm.json"
+# An output line holds one request's text (at most a context of tokens): 64 MiB is far above it.
+MAX_OUTPUT_LINE_BYTES = 64 * 2**20
+FSYNC_EVERY_S = 5.0  # bounds what a power cut can take; a killed process loses nothing written
+
+
+def sidecar_path(output: str | Path) -> Path:
+    return Path(str(output) + SIDECAR_SUFFIX)
+
+
+@dataclass
+class ResumeState:
+    """What an existing output holds: where its whole lines end and which records they are."""
+
+    mode: Literal["fresh", "resume"]
+    done: KeyIndex = field(default_factory=KeyIndex)
+    records: int = 0  # finished records found
+    keep_bytes: int = 0  # the file is cut to this length before appending
+    torn_bytes: int = 0  # bytes dropped after the last whole line
+
+
+def inspect_output(output: str | Path, fingerprint: JobFingerprint, overwrite: bool) -> ResumeState:
+    """Decides, without writing, whether `output` starts fresh or resumes; OutputError if neither."""
+    out = Path(output)
+    if out.is_dir():
+        raise OutputError(f"output {out} is a directory: give a file path")
+    if overwrite or not out.exists() or out.stat().st_size == 0:
+        return ResumeState("fresh")
+    side = sidecar_path(out)
+    hint = "use --overwrite to replace it, or choose another -o"
+    try:
+        saved = JobFingerprint.from_dict(orjson.loads(side.read_bytes()))
+    except FileNotFoundError:
+        raise OutputError(f"{out} exists and {side.name} is not beside it (not made by batchllm run): {hint}") from None
+    except (orjson.JSONDecodeError, OutputError, OSError) as exc:
+        raise OutputError(f"cannot read {side}: {exc}: {hint}") from None
+    state = scan_output(out)
+    diff = fingerprint.differences(saved)
+    if diff and state.records:
+        raise OutputError(f"{out} was made from other input or settings ({'; '.join(diff)}): {hint}")
+    return state if not diff else ResumeState("fresh")  # ours, with nothing finished to keep
+
+
+def scan_output(out: Path) -> ResumeState:
+    """The finished records of an existing output, and where its last whole line ends."""
+    state = ResumeState("resume")
+    offset = 0
+    try:
+        with open(out, "rb") as f:
+            while True:
+                raw = f.readline(MAX_OUTPUT_LINE_BYTES)
+                if not raw.endswith(b"\n"):
+                    break  # end of file, or a torn last line
+                key = _key_of_line(raw)
+                if key is None:
+                    break  # not a whole record: cut here, what follows is run again
+                state.done.add(key, state.records + 1)
+                state.records += 1
+                offset += len(raw)
+            size = out.stat().st_size
+    except OSError as exc:
+        raise OutputError(f"cannot read {out}: {exc.strerror or exc}") from None
+    state.keep_bytes, state.torn_bytes = offset, size - offset
+    return state
+
+
+def _key_of_line(raw: bytes) -> bytes | None:
+    try:
+        return record_key(orjson.loads(raw))
+    except orjson.JSONDecodeError:
+        return None
+
+
+class OutputWriter:
+    """Appends output records to a file, one whole flushed line each; a context manager."""
+
+    def __init__(self, output: str | Path, state: ResumeState, fingerprint: JobFingerprint) -> None:
+        self._fd = -1
+        self.path = Path(output)
+        self.fingerprint = fingerprint
+        self.records = state.records  # records in the file, earlier runs included
+        self._last_sync = time.monotonic()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if state.mode == "fresh":
+                self._write_sidecar(complete=False)  # before the file: a crash leaves no orphan lines
+                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+            else:
+                flags = os.O_WRONLY
+            self._fd = os.open(self.path, flags | os.O_APPEND, 0o644)
+            if state.mode == "resume" and state.torn_bytes:
+                os.ftruncate(self._fd, state.keep_bytes)
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Appends one record as one line; it is in the file when this returns."""
+        data = dumps_line(record)
+        try:
+            written = os.write(self._fd, data)
+            if written < len(data):  # rare for regular files; finish the line before anything else
+                rest = memoryview(data)[written:]
+                while rest:
+                    rest = rest[os.write(self._fd, rest) :]
+            if time.monotonic() - self._last_sync > FSYNC_EVERY_S:
+                os.fsync(self._fd)
+                self._last_sync = time.monotonic()
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        self.records += 1
+
+    def close(self, complete: bool) -> None:
+        """Syncs the file; marks the sidecar complete when the job finished."""
+        if self._fd < 0:
+            return
+        try:
+            os.fsync(self._fd)
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = -1
+        if complete:
+            self._write_sidecar(complete=True)
+
+    def _write_sidecar(self, complete: bool) -> None:
+        side = sidecar_path(self.path)
+        doc = {**self.fingerprint.to_dict(), "complete": complete, "records": self.records}
+        tmp = side.with_name(side.name + ".tmp")
+        try:
+            tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+            os.replace(tmp, side)
+        except OSError as exc:
+            raise OutputError(f"cannot write {side}: {exc.strerror or exc}") from None
+
+    def __enter__(self) -> "OutputWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close(complete=False)
