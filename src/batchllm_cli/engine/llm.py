@@ -11,7 +11,7 @@ from batchllm_cli.engine.engine import ProgressFn, run_plan
 from batchllm_cli.engine.runner import ModelRunner, kv_pool_blocks
 from batchllm_cli.engine.stop import StopChecker
 from batchllm_cli.engine.tokenizer import Tokenizer
-from batchllm_cli.errors import InputError
+from batchllm_cli.errors import InputError, ModelError
 from batchllm_cli.planner import Plan, PlanSettings, build_plan
 from batchllm_cli.types import Completion, Request, SamplingParams
 
@@ -53,6 +53,11 @@ class LLM:
         self.model = model
         self.model_config = model.config
         self.tokenizer = _load_tokenizer(source)
+        if self.tokenizer.vocab_size > self.model_config.vocab_size:
+            raise ModelError(
+                f"the tokenizer of {source.name} has {self.tokenizer.vocab_size} tokens but the model "
+                f"embeds only {self.model_config.vocab_size}: they do not belong together"
+            )
         self.max_model_len = self.model_config.max_position
         self.num_kv_blocks = kv_pool_blocks(config, self.model_config)
         self.runner = ModelRunner(model, config, self.num_kv_blocks)
