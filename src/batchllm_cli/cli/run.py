@@ -77,6 +77,9 @@ def run(
                 reporter,
                 should_stop=stop_flag.get,
             )
+        if summary.lines == 0:
+            console.print(f"[yellow]warning:[/] {input} has no input lines: nothing to do", highlight=False)
+            return
         if not quiet:
             console.print(job_summary_table(summary))
         if summary.bad_lines:
