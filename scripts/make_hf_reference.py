@@ -3,6 +3,10 @@
 Each prompt is generated alone (no batch, no padding) by AutoModelForCausalLM loaded from the
 embedded SmolLM2 GGUF in float32 on the CPU, so the file is the ground truth our engine must
 match token for token. Run: python scripts/make_hf_reference.py [--out PATH] [--max-new-tokens N]
+
+With --jsonl FILE the prompts are the plain and chat lines of a batchllm input file instead
+(tests/e2e/data/hf_greedy_sample.json: `--jsonl sample_data/prompts.jsonl --max-new-tokens 16
+--out tests/e2e/data/hf_greedy_sample.json`).
 """
 
 from __future__ import annotations
@@ -75,6 +79,17 @@ def prompts() -> list[dict]:
     return out
 
 
+def jsonl_prompts(path: Path) -> list[dict]:
+    """The plain ("prompt") and chat ("messages") lines of a batchllm input file, with their ids."""
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            obj = json.loads(line)
+            kind, prompt = ("chat", obj["messages"]) if "messages" in obj else ("text", obj["prompt"])
+            out.append({"id": obj["id"], "kind": kind, "prompt": prompt})
+    return out
+
+
 def load_hf_model(path: Path):
     """HF's LlamaForCausalLM with the GGUF's weights, dequantized by transformers' own GGUF code.
 
@@ -99,6 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="tests/e2e/data/hf_greedy_smollm2.json")
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--jsonl", type=Path, help="take the prompts of this batchllm input file")
     args = parser.parse_args()
 
     import torch
@@ -108,7 +124,7 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
     model = load_hf_model(folder / GGUF)
     records = []
-    for item in prompts():
+    for item in (jsonl_prompts(args.jsonl) if args.jsonl else prompts()):
         if item["kind"] == "chat":
             enc = tok.apply_chat_template(item["prompt"], tokenize=True, add_generation_prompt=True)
             ids = list(enc["input_ids"] if hasattr(enc, "keys") else enc)

@@ -14,6 +14,7 @@ import typer
 from batchllm_cli import __version__
 from batchllm_cli.cli.bench import bench
 from batchllm_cli.cli.models import models
+from batchllm_cli.cli.plan import PLAN_EPILOG, plan
 from batchllm_cli.cli.run import RUN_EPILOG, run
 
 app = typer.Typer(
@@ -51,6 +52,7 @@ def _root(
 
 
 app.command("run", epilog=RUN_EPILOG)(run)
+app.command("plan", epilog=PLAN_EPILOG)(plan)
 app.command("models")(models)
 app.command("bench")(bench)
 

@@ -1,0 +1,127 @@
+"""`batchllm plan`: the prefix groups of a job, before any model work, and the plan file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from batchllm_cli.cli.errors import handled
+
+PLAN_EPILOG = """\
+Examples:
+
+  batchllm plan sample_data/prompts.jsonl
+
+  batchllm plan prompts.jsonl --json plan.json   (then: batchllm run prompts.jsonl -o out.jsonl --plan plan.json)
+
+  batchllm plan prompts.jsonl --format json | jq .saving_ratio
+
+Use the same --model, --max-tokens and prefix options as the run the plan is for.
+"""
+
+
+def plan(
+    input: Annotated[Path, typer.Argument(help="JSONL file, as for `batchllm run`.", show_default=False)],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Preset, .gguf file or model directory (its tokenizer and context). Default: the embedded SmolLM2-135M.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full plan here, for `batchllm run --plan`.")] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Default max_tokens of the run (orders groups, sizes KV).")] = 256,
+    no_prefix_sharing: Annotated[bool, typer.Option("--no-prefix-sharing", help="Plan every prompt alone (the baseline).")] = False,
+    device: Annotated[Optional[str], typer.Option(help="Device whose KV pool the memory estimate uses; default: cuda when present.")] = None,
+    top: Annotated[int, typer.Option(min=0, help="How many of the biggest groups to show.")] = 10,
+    format: Annotated[str, typer.Option("--format", help="table (for people) or json (the report on stdout, for scripts).")] = "table",
+) -> None:
+    """Show how the prompts of INPUT share prefixes and what that saves, without running a model.
+
+    The report: requests and groups, the sharing-degree histogram, prefix and distinct-part
+    lengths, prefill tokens with and without sharing, what an LRU prefix cache of the same size
+    would save in file order, the biggest groups with a preview of their prefix, and peak KV use.
+    """
+    console = Console()
+    with handled():
+        if format not in ("table", "json"):
+            from batchllm_cli.errors import ConfigError
+
+            raise ConfigError(f"--format must be table or json, got {format!r}")
+        report = make_plan(input, model, max_tokens, not no_prefix_sharing, device)
+        if json_out is not None:
+            _write_plan(json_out, report.plan.to_json())
+        if format == "json":
+            import orjson
+
+            typer.echo(orjson.dumps(report_dict(report, top), option=orjson.OPT_INDENT_2).decode())
+            return
+        from batchllm_cli.cli.render import plan_report
+
+        console.print(plan_report(report, top))
+        if json_out is not None:
+            console.print(f"plan written to {json_out}; run it with `batchllm run {input} -o OUT --plan {json_out}`")
+
+
+class PlanReport:
+    """A plan with what the report shows beside it (prefix previews, input facts)."""
+
+    def __init__(self, plan: Any, requests: list, bad_lines: int, tokenizer: Any, model_name: str) -> None:
+        self.plan = plan
+        self.requests = requests
+        self.bad_lines = bad_lines
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+
+    def prefix_preview(self, position: int, chars: int = 80) -> str:
+        """The start of a group's shared prefix as text, on one line."""
+        g = self.plan.groups[position]
+        ids = self.requests[g.members[0]].prompt_ids[: g.prefix_len]
+        text = " ".join(self.tokenizer.decode(ids.tolist()).split())
+        return text if len(text) <= chars else text[: chars - 1] + "…"
+
+
+def make_plan(input: Path, model: str | None, max_tokens: int, sharing: bool, device: str | None) -> PlanReport:
+    """Reads and tokenizes INPUT exactly as `batchllm run` does, and plans it."""
+    from batchllm_cli.cli.backend import tokenize_records
+    from batchllm_cli.engine.config import load_engine_config
+    from batchllm_cli.engine.runner import kv_pool_blocks
+    from batchllm_cli.engine.tokenizer import Tokenizer
+    from batchllm_cli.io.reader import BadLine, read_input
+    from batchllm_cli.models.loader import resolve_model
+    from batchllm_cli.planner import PlanSettings, build_plan
+    from batchllm_cli.types import SamplingParams
+
+    config = load_engine_config(device, prefix_sharing=sharing)
+    source = resolve_model(model)
+    tokenizer = Tokenizer.load(source.tokenizer_dir, source.tokenizer_gguf_file)
+    bad = 0
+
+    def good_records() -> Any:
+        nonlocal bad
+        for rec in read_input(input):
+            if isinstance(rec, BadLine):
+                bad += 1
+            else:
+                yield rec, False
+
+    defaults = SamplingParams(max_tokens=max_tokens)
+    tok = tokenize_records(good_records(), tokenizer, source.config.max_position, defaults, config.seed, keep_done=True)
+    settings = PlanSettings.from_engine(config, kv_pool_blocks(config, source.config))
+    built = build_plan(tok.requests, settings)
+    return PlanReport(built, tok.requests, bad + len(tok.rejected), tokenizer, source.name)
+
+
+def report_dict(report: PlanReport, top: int) -> dict[str, Any]:
+    """The report as JSON-ready data (the plan's stats plus previews)."""
+    stats = report.plan.stats.to_dict()
+    stats["top_groups"] = [
+        {**g, "prefix_preview": report.prefix_preview(g["position"])} for g in stats["top_groups"][:top]
+    ]
+    return {"model": report.model_name, "bad_lines": report.bad_lines, "fingerprint": report.plan.fingerprint, **stats}
+
+
+def _write_plan(path: Path, data: bytes) -> None:
+    from batchllm_cli.errors import OutputError
+
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise OutputError(f"cannot write the plan to {path}: {exc.strerror or exc}") from None
