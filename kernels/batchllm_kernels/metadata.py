@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -44,6 +45,10 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] int64: block * block_size + offset of each new token
     decode_group_ptr: torch.Tensor  # [num_decode_groups + 1] int32: decode items of group g
     decode_group_shared: torch.Tensor  # [num_decode_groups] int32: their shared id (-1: none)
+    # Launch shape of the prefix-shared decode kernel, fixed by the caller (a CUDA graph replays
+    # one shape for many layouts); None: chosen from this layout.
+    decode_block_m: int | None = None
+    decode_splits: int | None = None
 
     @property
     def num_items(self) -> int:
@@ -74,10 +79,7 @@ class AttentionMetadata:
         cu = [0]
         for q in q_lens:
             cu.append(cu[-1] + q)
-        slots: list[int] = []
-        for q, ctx, table in zip(q_lens, own_ctx_lens, own_block_tables):
-            for pos in range(ctx, ctx + q):
-                slots.append(table[pos // block_size] * block_size + pos % block_size)
+        slots = slot_mapping(block_size, q_lens, own_ctx_lens, own_block_tables)
         # Runs of decodes with one shared segment; a decode without one is a run of its own.
         group_ptr: list[int] = []
         group_shared: list[int] = []
@@ -93,11 +95,10 @@ class AttentionMetadata:
 
         def table(rows: list[list[int]]) -> torch.Tensor:
             width = max((len(r) for r in rows), default=0) or 1
-            out = torch.zeros((len(rows), width), dtype=torch.int32)
+            out = np.zeros((len(rows), width), dtype=np.int32)
             for i, r in enumerate(rows):
-                if r:
-                    out[i, : len(r)] = torch.tensor(r, dtype=torch.int32)
-            return out.to(device)
+                out[i, : len(r)] = r
+            return torch.from_numpy(out).to(device)
 
         def i32(xs: list[int]) -> torch.Tensor:
             return torch.tensor(xs, dtype=torch.int32, device=device)
@@ -113,8 +114,20 @@ class AttentionMetadata:
             shared_ids=i32(shared_ids),
             shared_lens=i32(shared_lens),
             shared_block_tables=table(shared_block_tables),
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
+            slot_mapping=torch.from_numpy(slots).to(device),
             decode_group_ptr=i32(group_ptr),
             decode_group_shared=i32(group_shared),
         )
 
+
+
+def slot_mapping(
+    block_size: int, q_lens: list[int], own_ctx_lens: list[int], own_block_tables: list[list[int]]
+) -> np.ndarray:
+    """[num_tokens] int64: the cache slot (block * block_size + offset) of each new token."""
+    parts = []
+    for q, ctx, table in zip(q_lens, own_ctx_lens, own_block_tables):
+        pos = np.arange(ctx, ctx + q, dtype=np.int64)
+        blocks = np.asarray(table, dtype=np.int64)[pos // block_size]
+        parts.append(blocks * block_size + pos % block_size)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)

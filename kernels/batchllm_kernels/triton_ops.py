@@ -51,6 +51,7 @@ def attention(
     if meta.shared_lens.numel() == 0:
         meta = replace(meta, shared_lens=_nonempty(meta.shared_lens),
                        shared_block_tables=_nonempty(meta.shared_block_tables).view(1, -1))
-    prefix_decode_attention(q, k_cache, v_cache, meta, scale, out)
+    prefix_decode_attention(q, k_cache, v_cache, meta, scale, out, block_m=meta.decode_block_m,
+                            num_splits=meta.decode_splits)
     prefill_attention(q, k_cache, v_cache, meta, scale, out)
     return out

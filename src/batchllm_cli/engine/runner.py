@@ -7,7 +7,7 @@ It also owns the paged KV cache and decides how many blocks it has.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -19,6 +19,9 @@ from batchllm_cli.models.config import ModelConfig
 from batchllm_cli.models.kv_cache import allocate_kv_cache, num_blocks_for_bytes
 from batchllm_cli.types import Request
 from batchllm_kernels.metadata import AttentionMetadata
+
+if TYPE_CHECKING:
+    from batchllm_cli.engine.cuda_graphs import DecodeGraphs
 
 
 def kv_pool_blocks(config: EngineConfig, model_config: ModelConfig) -> int:
@@ -52,6 +55,13 @@ class ModelRunner:
             self.model_config, num_blocks, config.block_size, config.dtype, self.device
         )
         self.sampler = Sampler(job_seed=config.seed)
+        self.graphs: DecodeGraphs | None = None
+        if config.cuda_graphs and self.device.type == "cuda":
+            from batchllm_cli.engine.cuda_graphs import DecodeGraphs
+
+            self.graphs = DecodeGraphs(
+                model, self.kv_caches, config.block_size, self.model_config.max_position, self.device
+            )
 
     def build_metadata(self, batch: StepBatch) -> AttentionMetadata:
         """The step's attention layout, in the batch's (kernel) item order."""
@@ -74,18 +84,41 @@ class ModelRunner:
         `num_outputs[k]` is how many tokens the k-th sampling item's request already has: the
         output position of the token drawn now, which keys its random stream.
         """
-        meta = self.build_metadata(batch)
-        input_ids = torch.from_numpy(batch.input_ids()).to(self.device)  # [num_tokens]
-        positions = torch.from_numpy(batch.positions()).to(self.device)  # [num_tokens]
-        hidden = self.model(input_ids, positions, meta, self.kv_caches)  # [num_tokens, hidden]
         sample_items = batch.sample_items
+        if self.graphs is not None and self._graphable(batch):
+            hidden = self.graphs.run(_decode_layout_args(batch), len(batch.items))  # [num_items, hidden]
+            rows_idx = torch.tensor(sample_items, dtype=torch.long, device=self.device)
+        else:
+            meta = self.build_metadata(batch)
+            input_ids = torch.from_numpy(batch.input_ids()).to(self.device)  # [num_tokens]
+            positions = torch.from_numpy(batch.positions()).to(self.device)  # [num_tokens]
+            hidden = self.model(input_ids, positions, meta, self.kv_caches)  # [num_tokens, hidden]
+            ends = meta.cu_seqlens_q[1:].long() - 1  # [num_items]: each item's last token
+            rows_idx = ends[torch.tensor(sample_items, dtype=torch.long, device=self.device)]
         if not sample_items:
             return []
-        ends = meta.cu_seqlens_q[1:].long() - 1  # [num_items]: each item's last token
-        rows_idx = ends[torch.tensor(sample_items, dtype=torch.long, device=self.device)]
         logits = self.model.compute_logits(hidden[rows_idx])  # [num_sampling, vocab] float32
         rows = [
             SampleRow(requests[batch.items[i].request].sampling, batch.items[i].request, n)
             for i, n in zip(sample_items, num_outputs, strict=True)
         ]
         return self.sampler(logits, rows)
+
+    def _graphable(self, batch: StepBatch) -> bool:
+        """Decode-only steps (every item one token) of a size some graph holds."""
+        assert self.graphs is not None
+        return self.graphs.fits(len(batch.items)) and all(it.q_len == 1 for it in batch.items)
+
+
+def _decode_layout_args(batch: StepBatch) -> dict:
+    """cuda_graphs.pad_decode_layout's arguments for a decode-only step."""
+    items = batch.items
+    return {
+        "token_ids": [int(it.token_ids[0]) for it in items],
+        "positions": [it.start_pos for it in items],
+        "own_ctx_lens": [it.own_ctx_len for it in items],
+        "own_block_tables": [it.own_block_table for it in items],
+        "shared_ids": [it.shared_id for it in items],
+        "shared_lens": [sh.length for sh in batch.shared],
+        "shared_block_tables": [sh.block_table for sh in batch.shared],
+    }

@@ -1,0 +1,86 @@
+"""The padded decode layout a CUDA graph replays gives the same attention as the real one.
+
+engine/cuda_graphs.py pads a decode step to a bucket of B rows (padding rows are decodes of
+their own, slot -1) and fixes the decode kernel's tile height and splits. Here the Triton
+decode kernel runs on the padded layout (Triton's interpreter without a GPU) and its first n
+rows must equal the reference attention of the unpadded step.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from batchllm_cli.engine.cuda_graphs import bucket_for, launch_key, pad_decode_layout
+from batchllm_kernels import reference, triton_ops
+from batchllm_kernels.metadata import AttentionMetadata
+from triton_cases import DEVICE, decode_items, make_step, tolerance
+
+BLOCK = 16
+
+
+def _tables(meta: AttentionMetadata, lens: list[int], table: torch.Tensor) -> list[list[int]]:
+    return [table[i, : -(-n // BLOCK)].tolist() for i, n in enumerate(lens)]
+
+
+def _padded_meta(step, size: int, gqa: int, num_kv_heads: int) -> tuple[AttentionMetadata, int]:
+    meta = step.meta
+    n = meta.num_items
+    ctx = meta.own_ctx_lens.tolist()
+    shared_lens = meta.shared_lens.tolist()
+    own_tables = _tables(meta, [c + 1 for c in ctx], meta.own_block_tables)
+    shared_tables = _tables(meta, shared_lens, meta.shared_block_tables)
+    layout = pad_decode_layout(
+        BLOCK, token_ids=[0] * n, positions=list(range(n)), own_ctx_lens=ctx,
+        own_block_tables=own_tables, shared_ids=meta.shared_ids.tolist(), shared_lens=shared_lens,
+        shared_block_tables=shared_tables, size=size,
+        own_width=max(map(len, own_tables)), shared_width=max(map(len, shared_tables), default=1) or 1,
+    )
+    assert layout.slot_mapping[n:].tolist() == [-1] * (size - n)
+    assert layout.slot_mapping[:n].tolist() == meta.slot_mapping.tolist()
+    block_m, splits = launch_key(layout, n, gqa, num_kv_heads, torch.device(DEVICE))
+
+    def t(x):  # noqa: ANN001
+        return torch.from_numpy(x).to(DEVICE)
+
+    padded = AttentionMetadata(
+        block_size=BLOCK, num_decodes=size, max_q_len=1, max_kv_len=layout.max_kv_len,
+        cu_seqlens_q=torch.arange(size + 1, dtype=torch.int32, device=DEVICE),
+        own_ctx_lens=t(layout.own_ctx_lens), own_block_tables=t(layout.own_block_tables),
+        shared_ids=t(layout.shared_ids), shared_lens=t(layout.shared_lens),
+        shared_block_tables=t(layout.shared_block_tables), slot_mapping=t(layout.slot_mapping),
+        decode_group_ptr=t(layout.decode_group_ptr), decode_group_shared=t(layout.decode_group_shared),
+        decode_block_m=block_m, decode_splits=splits,
+    )
+    return padded, layout.num_groups
+
+
+@pytest.mark.parametrize(
+    "groups,gqa",
+    [
+        ([(40, [3, 17, 0]), (0, [5]), (23, [1, 30])], 4),  # two shared groups and a solo decode
+        ([(100, [2, 9, 33, 4, 16])], 2),  # one group, splits likely
+        ([(0, [7]), (0, [12])], 1),  # no sharing at all, MHA
+    ],
+)
+def test_padded_decode_layout_matches_the_real_step(groups, gqa):
+    items, shared_lens = decode_items(groups)
+    num_kv_heads, head_dim = 2, 16
+    step = make_step(items, shared_lens, num_kv_heads=num_kv_heads, gqa=gqa, head_dim=head_dim,
+                     block_size=BLOCK, dtype=torch.float32)
+    n = len(items)
+    size = bucket_for(n + 1)  # at least one padding row
+    padded, num_groups = _padded_meta(step, size, gqa, num_kv_heads)
+    assert num_groups == sum(1 for s, own in groups for _ in ([0] if s else own))
+    assert padded.decode_group_ptr.tolist()[num_groups : num_groups + size - n] == list(range(n, size))
+    q = torch.randn((size, num_kv_heads * gqa, head_dim), device=DEVICE)
+    q[:n] = step.q
+    scale = head_dim**-0.5
+    want = reference.attention(step.q, step.k_cache, step.v_cache, step.meta, scale)
+    got = triton_ops.attention(q, step.k_cache, step.v_cache, padded, scale)
+    torch.testing.assert_close(got[:n], want, **tolerance(torch.float32))
+
+
+def test_buckets():
+    assert bucket_for(1) == 1 and bucket_for(3) == 4 and bucket_for(200) == 256
+    assert bucket_for(10_000) is None
