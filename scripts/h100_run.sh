@@ -19,8 +19,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 status=0
 if [[ $WHAT == *tests* ]]; then
-  timeout 300 python3 -m pytest -q -s -p no:cacheprovider tests/kernels tests/unit/test_model_hf_parity.py \
-    tests/e2e/test_gpu_parity.py 2>&1 | tail -40 | tee "$OUT/gpu_tests.log" || status=1
+  # TESTS: pytest targets (default: every kernel test, the model and engine parity tests)
+  timeout 300 python3 -m pytest -q -s -p no:cacheprovider ${TESTS:-tests/kernels tests/unit/test_model_hf_parity.py \
+    tests/e2e/test_gpu_parity.py} 2>&1 | tail -60 | tee "$OUT/gpu_tests.log" || status=1
 fi
 if [[ $WHAT == *decode* ]]; then
   timeout 240 python3 benchmarks/bench_decode_step.py --out "$OUT/decode_step.json" 2>&1 | tail -20 | tee "$OUT/decode_step.log" || status=1

@@ -2,12 +2,13 @@
 
 Both models hold the same bf16 weights (ours filled by the random preset, copied into HF's
 LlamaForCausalLM through our own HF-name map). Our engine generates greedily (Triton kernels,
-prefix sharing, CUDA graphs for decode steps); transformers then scores the prompt plus our
-tokens in one forward pass (teacher forcing). Each of our tokens must be HF's argmax at its
-position, except where HF's top logits are so close that bf16 rounding decides (a near tie):
-there our token's logit must be within TIE_TOL of HF's best, and generation after the first
-near tie may follow another path, which HF scores the same way. The exact-agreement share is
-printed for the record.
+prefix sharing, CUDA graphs for decode steps); then both models score the prompt plus our
+tokens in one forward pass (teacher forcing). The two implementations' logits must agree
+closely everywhere (within LOGIT_TOL of the logits' range), and each of our tokens must be
+HF's argmax, or a near tie whose gap to HF's best is within twice the measured difference
+between the two models' logits at that position (bf16 rounding decided it; generation may then
+follow another path than HF's own, which is why the check is teacher-forced). The share of
+exact argmax agreement is printed for the record.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 pytestmark = pytest.mark.gpu
 
 NEW_TOKENS = 16
-TIE_TOL = 0.02  # of the logits' range at that position: bf16 noise after 16-32 layers
+LOGIT_TOL = 0.05  # of the logits' range at a position: bf16 rounding through 16-32 layers
 
 
 def _hf_twin(source, ours, device: str = "cuda"):
@@ -44,6 +45,24 @@ def _hf_twin(source, ours, device: str = "cuda"):
     with torch.device(device):  # its inv_freq buffer was left empty on meta
         hf.model.rotary_emb.__init__(hf.config)
     return hf.eval()
+
+
+def _our_logits(model, ids: list[int]) -> torch.Tensor:
+    """Our model's logits [len(ids), vocab] for one sequence, prefilled alone in a fresh cache."""
+    from batchllm_cli.models.kv_cache import allocate_kv_cache
+    from batchllm_kernels.metadata import AttentionMetadata
+
+    block = 16
+    blocks = -(-len(ids) // block)
+    kv = allocate_kv_cache(model.config, blocks + 1, block, torch.bfloat16, torch.device("cuda"))
+    meta = AttentionMetadata.build(
+        block_size=block, q_lens=[len(ids)], own_ctx_lens=[0],
+        own_block_tables=[list(range(1, blocks + 1))], shared_ids=[-1], shared_lens=[],
+        shared_block_tables=[], device="cuda",
+    )
+    tokens = torch.tensor(ids, device="cuda")
+    hidden = model(tokens, torch.arange(len(ids), device="cuda"), meta, kv)
+    return model.compute_logits(hidden).float()
 
 
 def _prompts(vocab: int) -> list[list[int]]:
@@ -79,20 +98,27 @@ def test_greedy_tokens_match_transformers(preset):
     assert llm.runner.graphs is not None and llm.runner.graphs.replays + llm.runner.graphs.captures > 0
     hf = _hf_twin(source, ours)
     exact = total = 0
+    worst = 0.0
     for prompt, c in zip(prompts, done):
         gen = list(c.token_ids)
         assert len(gen) == NEW_TOKENS
+        ids = prompt + gen
+        rows = slice(len(prompt) - 1, len(prompt) - 1 + NEW_TOKENS)  # the rows that chose gen
         with torch.inference_mode():
-            logits = hf(torch.tensor([prompt + gen], device="cuda")).logits[0].float()
-        steps = logits[len(prompt) - 1 : len(prompt) - 1 + NEW_TOKENS]  # [NEW_TOKENS, vocab]
-        best = steps.max(dim=-1).values
-        ours_logit = steps.gather(1, torch.tensor(gen, device="cuda")[:, None])[:, 0]
-        span = steps.max(dim=-1).values - steps.min(dim=-1).values
-        gap = best - ours_logit
-        assert bool((gap <= TIE_TOL * span).all()), f"{preset}: a token HF ranks clearly lower: gaps {gap.tolist()}"
-        exact += int((steps.argmax(dim=-1) == torch.tensor(gen, device="cuda")).sum())
+            want = hf(torch.tensor([ids], device="cuda")).logits[0, rows].float()  # [NEW_TOKENS, vocab]
+            got = _our_logits(ours, ids)[rows]
+        span = want.max(dim=-1).values - want.min(dim=-1).values
+        noise = (got - want).abs().max(dim=-1).values
+        worst = max(worst, float((noise / span).max()))
+        assert bool((noise <= LOGIT_TOL * span).all()), f"{preset}: logits differ by {noise.tolist()}"
+        chosen = torch.tensor(gen, device="cuda")
+        gap = want.max(dim=-1).values - want.gather(1, chosen[:, None])[:, 0]
+        # the engine's batched run is another bf16 sample of the same noise: allow twice it
+        assert bool((gap <= 2 * noise).all()), f"{preset}: HF ranks a token of ours lower by {gap.tolist()} (noise {noise.tolist()})"
+        exact += int((want.argmax(dim=-1) == chosen).sum())
         total += NEW_TOKENS
-    print(f"{preset}: {exact}/{total} tokens are HF's exact argmax; the rest are bf16 near ties")
+    print(f"{preset}: {exact}/{total} tokens are HF's exact argmax, the rest near ties; "
+          f"largest logit difference {worst:.2%} of the range")
     assert exact >= 0.8 * total
     del hf, llm, ours
     torch.cuda.empty_cache()

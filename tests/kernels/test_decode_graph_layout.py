@@ -67,18 +67,18 @@ def test_padded_decode_layout_matches_the_real_step(groups, gqa):
     items, shared_lens = decode_items(groups)
     num_kv_heads, head_dim = 2, 16
     step = make_step(items, shared_lens, num_kv_heads=num_kv_heads, gqa=gqa, head_dim=head_dim,
-                     block_size=BLOCK, dtype=torch.float32)
+                     block_size=BLOCK, dtype=torch.bfloat16)
     n = len(items)
     size = bucket_for(n + 1)  # at least one padding row
     padded, num_groups = _padded_meta(step, size, gqa, num_kv_heads)
     assert num_groups == sum(1 for s, own in groups for _ in ([0] if s else own))
     assert padded.decode_group_ptr.tolist()[num_groups : num_groups + size - n] == list(range(n, size))
-    q = torch.randn((size, num_kv_heads * gqa, head_dim), device=DEVICE)
+    q = torch.randn((size, num_kv_heads * gqa, head_dim), device=DEVICE).to(torch.bfloat16)
     q[:n] = step.q
     scale = head_dim**-0.5
     want = reference.attention(step.q, step.k_cache, step.v_cache, step.meta, scale)
     got = triton_ops.attention(q, step.k_cache, step.v_cache, padded, scale)
-    torch.testing.assert_close(got[:n], want, **tolerance(torch.float32))
+    torch.testing.assert_close(got[:n], want, **tolerance(torch.bfloat16))
 
 
 def test_buckets():
