@@ -66,7 +66,7 @@ def prefix_decode_kernel(
     GQA_RATIO: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, ITEMS: tl.constexpr, ITEMS_P2: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr,
-    MERGE_IN_LAUNCH: tl.constexpr, SCAN: tl.constexpr,
+    MERGE_IN_LAUNCH: tl.constexpr, SCAN: tl.constexpr, OWN_IN_TILE: tl.constexpr,
 ):
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -102,7 +102,10 @@ def prefix_decode_kernel(
         own_tiles = tl.max(tl.cdiv(own_len, BLOCK_N), 0)  # per decode, padded to the longest
         # Splits cut the tile's work (prefix tiles, then own tiles) into equal runs of tiles.
         prefix_tiles = tl.cdiv(shared_len, BLOCK_N)
-        total = prefix_tiles + count * own_tiles
+        if OWN_IN_TILE:
+            total = prefix_tiles + count * own_tiles
+        else:  # own segments run in own_decode_kernel
+            total = prefix_tiles
         per_split = tl.cdiv(total, num_splits)
         t_lo = split * per_split
         t_hi = tl.minimum(total, t_lo + per_split)
@@ -160,6 +163,53 @@ def prefix_decode_kernel(
             out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
             tl.store(o_ptr + token[:, None] * stride_ot + q_head[:, None] * stride_oh + offs_d[None, :],
                      out.to(o_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit(do_not_specialize=["num_decodes", "part_slot", "num_kv_heads", "stride_own_table"])
+def own_decode_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, part_o_ptr, part_lse_ptr, own_ctx_ptr, own_tables_ptr,
+    num_decodes, part_slot, num_kv_heads, sm_scale_log2,
+    stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_own_table,
+    GQA_RATIO: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    """One decode's own segment for one kv head: its GQA_RATIO query rows only (padded to
+    BLOCK_M), written as the partial state `part_slot` for the merge launch. Used when the
+    prefix tiles hold several decodes, where walking each decode's own keys with the whole
+    tile would multiply rows that must ignore them."""
+    item = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    token = item.to(tl.int64)
+    offs_m = tl.arange(0, BLOCK_M)
+    row_valid = offs_m < GQA_RATIO
+    q_head = kv_head * GQA_RATIO + offs_m
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    q = tl.load(q_ptr + token * stride_qt + q_head[:, None] * stride_qh + offs_d[None, :],
+                mask=row_valid[:, None] & d_mask[None, :], other=0.0)
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    own_len = tl.load(own_ctx_ptr + item) + 1  # cached context + the new token
+    table = own_tables_ptr + token * stride_own_table
+    offs_n = tl.arange(0, BLOCK_N)
+    for t in range(0, tl.cdiv(own_len, BLOCK_N)):
+        pos = t * BLOCK_N + offs_n
+        pos_mask = pos < own_len
+        offs = kv_tile_offsets(table, pos, pos_mask, kv_head, stride_kb, stride_ks, stride_kh,
+                               offs_d, BLOCK_SIZE)
+        kv_mask = pos_mask[:, None] & d_mask[None, :]
+        k = tl.load(k_cache_ptr + offs, mask=kv_mask, other=0.0)
+        v = tl.load(v_cache_ptr + offs, mask=kv_mask, other=0.0)
+        qk = dot(q, tl.trans(k)) * sm_scale_log2
+        qk = tl.where(pos_mask[None, :], qk, float("-inf"))
+        acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, qk, v)
+    lse = m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0))
+    part = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    row = (part_slot * num_decodes + token) * (num_kv_heads * GQA_RATIO) + q_head
+    tl.store(part_lse_ptr + row, lse, mask=row_valid)
+    tl.store(part_o_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], part,
+             mask=row_valid[:, None] & d_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_decodes", "num_splits"])
@@ -234,6 +284,7 @@ def prefix_decode_attention(
     merge_in_launch: bool = False,
     num_warps: int | None = None,
     num_stages: int = 3,
+    separate_own: bool | None = None,
 ) -> None:
     """Attention of the step's decode tokens (rows 0:num_decodes of q) into `out`, in place."""
     # q, out: [num_tokens, num_q_heads, head_dim]; caches: [num_blocks, block_size, kv_heads, dim]
@@ -254,10 +305,16 @@ def prefix_decode_attention(
     if items < 1:
         raise ValueError(f"block_m {block_m} is smaller than the GQA ratio {gqa}")
     slots = max(1, min(num_decodes, num_groups + num_decodes // items))
-    if splits > 1:
-        part_o = torch.empty((splits, num_decodes, num_q_heads, head_dim), dtype=torch.float32,
+    # Tiles taller than one decode's rows need (at least 16, tl.dot's minimum): their decodes'
+    # own segments go to own_decode_kernel (GQA rows only) as one more partial state; the tile
+    # walking them would multiply block_m / max(16, gqa) times the rows that count.
+    own_apart = separate_own if separate_own is not None else block_m > max(16, next_pow2(gqa))
+    states = splits + 1 if own_apart else splits
+    merge_in_launch = merge_in_launch and not own_apart
+    if states > 1:
+        part_o = torch.empty((states, num_decodes, num_q_heads, head_dim), dtype=torch.float32,
                              device=q.device)
-        part_lse = torch.empty((splits, num_decodes, num_q_heads), dtype=torch.float32, device=q.device)
+        part_lse = torch.empty((states, num_decodes, num_q_heads), dtype=torch.float32, device=q.device)
     else:
         part_o = part_lse = out  # unused
     counters = _counter_buffer(q.device, slots * num_kv_heads) if splits > 1 and merge_in_launch else out
@@ -271,13 +328,24 @@ def prefix_decode_attention(
         meta.own_block_tables.stride(0), meta.shared_block_tables.stride(0),
         GQA_RATIO=gqa, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim),
         BLOCK_M=block_m, ITEMS=items, ITEMS_P2=max(16, next_pow2(items)), BLOCK_N=block_n,
-        BLOCK_SIZE=meta.block_size, SPLIT=splits > 1, MERGE_IN_LAUNCH=merge_in_launch, SCAN=_SCAN,
+        BLOCK_SIZE=meta.block_size, SPLIT=states > 1, MERGE_IN_LAUNCH=merge_in_launch, SCAN=_SCAN,
+        OWN_IN_TILE=not own_apart,
         # 4 warps (one warpgroup) up to 64 rows; 128 rows need 8 to stay in registers.
         num_warps=num_warps or (8 if block_m >= 128 else 4), num_stages=num_stages,
     )
-    if splits > 1 and not merge_in_launch:
+    if own_apart:
+        own_decode_kernel[(num_decodes, num_kv_heads)](
+            q, k_cache, v_cache, part_o, part_lse, meta.own_ctx_lens, meta.own_block_tables,
+            num_decodes, splits, num_kv_heads, scale * _LOG2E,
+            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            meta.own_block_tables.stride(0),
+            GQA_RATIO=gqa, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim),
+            BLOCK_M=max(16, next_pow2(gqa)), BLOCK_N=block_n, BLOCK_SIZE=meta.block_size,
+            num_warps=4, num_stages=num_stages,
+        )
+    if states > 1 and not merge_in_launch:
         decode_merge_kernel[(num_decodes,)](
-            part_o, part_lse, out, num_decodes, splits, out.stride(0), out.stride(1),
+            part_o, part_lse, out, num_decodes, states, out.stride(0), out.stride(1),
             NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_H=next_pow2(num_q_heads),
             BLOCK_D=next_pow2(head_dim), num_warps=4,
         )

@@ -46,6 +46,10 @@ CPU_CASES = [
     ([(70, [5, 50])], 2, 2, 128, FP16, 128, {"num_splits": 4, "merge_in_launch": True}),  # block > BLOCK_N
     ([(19, [2] * 64)], 1, 1, 64, BF16, 8, {}),  # group of 64
     ([(0, [30]), (0, [2]), (0, [99])], 2, 8, 64, BF16, 16, {"num_splits": 3}),  # plain decodes only
+    # tall tiles: own segments in their own programs (the default there), or walked by the tile
+    ([(37, list(range(17))), (0, [12])], 1, 4, 64, BF16, 16, {"block_m": 64, "num_splits": 2}),
+    ([(37, list(range(17)))], 1, 4, 64, BF16, 16, {"block_m": 64, "separate_own": False}),
+    ([(21, [3, 40, 0, 8])], 2, 2, 64, FP16, 16, {"block_m": 32, "separate_own": True}),
 ]
 
 
