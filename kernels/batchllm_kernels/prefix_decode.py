@@ -305,10 +305,12 @@ def prefix_decode_attention(
     if items < 1:
         raise ValueError(f"block_m {block_m} is smaller than the GQA ratio {gqa}")
     slots = max(1, min(num_decodes, num_groups + num_decodes // items))
-    # Tiles taller than one decode's rows need (at least 16, tl.dot's minimum): their decodes'
-    # own segments go to own_decode_kernel (GQA rows only) as one more partial state; the tile
-    # walking them would multiply block_m / max(16, gqa) times the rows that count.
-    own_apart = separate_own if separate_own is not None else block_m > max(16, next_pow2(gqa))
+    # A tile walking its decodes' own segments multiplies block_m / max(16, gqa) times the rows
+    # that count (16: tl.dot's minimum). own_decode_kernel instead takes each decode's GQA rows
+    # alone, as one more partial state, at the price of a launch and the merge. On an H100 that
+    # paid at 8x (4x64, P=2000: 192 -> 159 us) and lost at 4x (16x16: 147 -> 162 us).
+    waste = block_m // max(16, next_pow2(gqa))
+    own_apart = separate_own if separate_own is not None else waste >= 8
     states = splits + 1 if own_apart else splits
     merge_in_launch = merge_in_launch and not own_apart
     if states > 1:
