@@ -185,6 +185,9 @@ def sweep_case(spec, log, deadline: float) -> None:
     for splits in (2, 4):
         fn, _ = case.ours(num_splits=splits, merge_in_launch=True)
         tuning[f"sp{splits}/merge-in-launch"] = round(_time_us(fn), 1)
+    for apart in (True, False):  # own segments in own_decode_kernel, or walked by the tiles
+        fn, _ = case.ours(separate_own=apart)
+        tuning[f"own-{'apart' if apart else 'in-tile'}"] = round(_time_us(fn), 1)
     log(json.dumps({"sweep": f"{g}x{d}, P={p}, S={s}", "us": tuning}))
     del case
     torch.cuda.empty_cache()
