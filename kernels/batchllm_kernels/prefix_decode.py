@@ -54,6 +54,20 @@ def _merge_splits(part_o_ptr, part_lse_ptr, token, q_head, row_mask, offs_d, d_m
     return acc / tl.where(w > 0, w, 1.0)[:, None]
 
 
+@triton.jit
+def _attend_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, pos, pos_mask, row_mask, kv_head,
+                 sm_scale_log2, stride_kb, stride_ks, stride_kh, offs_d, d_mask, BLOCK_SIZE: tl.constexpr):
+    """One KV tile (positions `pos` of the paged sequence `table`) into the rows' running state;
+    rows outside `row_mask` and positions outside `pos_mask` do not see it."""
+    offs = kv_tile_offsets(table, pos, pos_mask, kv_head, stride_kb, stride_ks, stride_kh, offs_d, BLOCK_SIZE)
+    kv_mask = pos_mask[:, None] & d_mask[None, :]
+    k = tl.load(k_cache_ptr + offs, mask=kv_mask, other=0.0)
+    v = tl.load(v_cache_ptr + offs, mask=kv_mask, other=0.0)
+    qk = dot(q, tl.trans(k)) * sm_scale_log2
+    qk = tl.where(row_mask[:, None] & pos_mask[None, :], qk, float("-inf"))
+    return online_softmax_step(acc, m_i, l_i, qk, v)
+
+
 @triton.jit(do_not_specialize=["num_groups", "num_decodes", "num_splits", "num_kv_heads",
                                "stride_own_table", "stride_shared_table"])
 def prefix_decode_kernel(
@@ -112,15 +126,9 @@ def prefix_decode_kernel(
         offs_n = tl.arange(0, BLOCK_N)
         for t in range(t_lo, tl.minimum(t_hi, prefix_tiles)):
             pos = t * BLOCK_N + offs_n
-            pos_mask = pos < shared_len
-            offs = kv_tile_offsets(shared_table, pos, pos_mask, kv_head, stride_kb, stride_ks, stride_kh,
-                                   offs_d, BLOCK_SIZE)
-            kv_mask = pos_mask[:, None] & d_mask[None, :]
-            k = tl.load(k_cache_ptr + offs, mask=kv_mask, other=0.0)
-            v = tl.load(v_cache_ptr + offs, mask=kv_mask, other=0.0)
-            qk = dot(q, tl.trans(k)) * sm_scale_log2
-            qk = tl.where(pos_mask[None, :], qk, float("-inf"))
-            acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, qk, v)
+            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, shared_table, pos,
+                                         pos < shared_len, offs_m >= 0, kv_head, sm_scale_log2,
+                                         stride_kb, stride_ks, stride_kh, offs_d, d_mask, BLOCK_SIZE)
 
         # Own segments: one flat loop over (decode j, own tile) so that loads pipeline across
         # decodes; a tile of decode j updates only decode j's rows.
@@ -128,16 +136,11 @@ def prefix_decode_kernel(
             j = f // own_tiles
             item = first + j
             pos = (f - j * own_tiles) * BLOCK_N + offs_n
-            pos_mask = pos < tl.load(own_ctx_ptr + item) + 1
             own_table = own_tables_ptr + item.to(tl.int64) * stride_own_table
-            offs = kv_tile_offsets(own_table, pos, pos_mask, kv_head, stride_kb, stride_ks, stride_kh,
-                                   offs_d, BLOCK_SIZE)
-            kv_mask = pos_mask[:, None] & d_mask[None, :]
-            k = tl.load(k_cache_ptr + offs, mask=kv_mask, other=0.0)
-            v = tl.load(v_cache_ptr + offs, mask=kv_mask, other=0.0)
-            qk = dot(q, tl.trans(k)) * sm_scale_log2
-            qk = tl.where((row_item == j)[:, None] & pos_mask[None, :], qk, float("-inf"))
-            acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, qk, v)
+            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, own_table, pos,
+                                         pos < tl.load(own_ctx_ptr + item) + 1, row_item == j, kv_head,
+                                         sm_scale_log2, stride_kb, stride_ks, stride_kh, offs_d, d_mask,
+                                         BLOCK_SIZE)
 
         out_mask = row_valid[:, None] & d_mask[None, :]
         if SPLIT:
@@ -195,15 +198,9 @@ def own_decode_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     for t in range(0, tl.cdiv(own_len, BLOCK_N)):
         pos = t * BLOCK_N + offs_n
-        pos_mask = pos < own_len
-        offs = kv_tile_offsets(table, pos, pos_mask, kv_head, stride_kb, stride_ks, stride_kh,
-                               offs_d, BLOCK_SIZE)
-        kv_mask = pos_mask[:, None] & d_mask[None, :]
-        k = tl.load(k_cache_ptr + offs, mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + offs, mask=kv_mask, other=0.0)
-        qk = dot(q, tl.trans(k)) * sm_scale_log2
-        qk = tl.where(pos_mask[None, :], qk, float("-inf"))
-        acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, qk, v)
+        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, pos, pos < own_len,
+                                     row_valid, kv_head, sm_scale_log2, stride_kb, stride_ks, stride_kh,
+                                     offs_d, d_mask, BLOCK_SIZE)
     lse = m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0))
     part = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     row = (part_slot * num_decodes + token) * (num_kv_heads * GQA_RATIO) + q_head
