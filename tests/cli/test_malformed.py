@@ -4,6 +4,7 @@ traceback, and the good lines answered exactly once."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,16 +24,19 @@ BAD = [
     (b'{"id": "empty", "prompt": ""}', "empty", "empty_prompt"),
     (b'{"id": "huge", "prompt": "' + b"x" * (5 * 2**20) + b'"}', None, "line_too_long"),
     (b'{"id": "toolong", "prompt": "hello", "max_tokens": 1000000}', "toolong", "context_length_exceeded"),
+    # a prompt alone longer than tiny-llama's context of 32,768 tokens (each " word" is a token)
+    (b'{"id": "longprompt", "prompt": "' + b" word" * 40_000 + b'"}', "longprompt", "context_length_exceeded"),
     (b"[1, 2, 3]", None, "invalid_json"),
     (b'{"id": "both", "prompt": "a", "messages": []}', "both", "missing_prompt"),
     (b'{"id": "n", "prompt": "a", "n": 3}', "n", None),
 ]
 TINY = ["--model", "tiny-llama", "--max-tokens", "4"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two torch threads stall each other on a busy machine
 
 
 def _batchllm(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "batchllm_cli", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd, env=ENV)
 
 
 def _no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
@@ -137,11 +141,11 @@ def test_unknown_model_is_one_clear_line(tmp_path: Path) -> None:
     _one_line_error(_batchllm("run", str(src), "-o", str(tmp_path / "o.jsonl"), "--model", "no-such-model"), 4, "no-such-model")
 
 
-def test_version_help_and_models() -> None:
-    from batchllm_cli import __version__
-
-    assert _batchllm("--version").stdout.strip() == f"batchllm {__version__}"
-    helped = _batchllm("run", "--help")
-    assert helped.returncode == 0 and "--max-tokens" in helped.stdout and "resume" in helped.stdout
-    listed = _batchllm("models")
-    assert listed.returncode == 0 and "tiny-llama" in listed.stdout and "smollm2-135m" in listed.stdout
+def test_missing_plan_file_names_the_command_that_makes_one(tmp_path: Path) -> None:
+    src = tmp_path / "one.jsonl"
+    src.write_text('{"id":"a","prompt":"x"}\n')
+    plan, out = tmp_path / "plan.json", tmp_path / "o.jsonl"
+    proc = _batchllm("run", str(src), "-o", str(out), *TINY, "--plan", str(plan))
+    _one_line_error(proc, 6, "cannot read the plan file")
+    assert f"batchllm plan {src} --json {plan}" in " ".join(proc.stderr.split())
+    assert not out.exists() or out.read_text() == ""  # refused before any request ran

@@ -128,11 +128,14 @@ class EngineBackend:
         self.on_phase = on_phase
         self.model_name = "unknown"
         self._tokenized: Tokenized | None = None
+        self._plan: Any = None  # the Plan read from plan_path
 
     def prepare(self, records: Iterator[tuple[InputRecord, bool]]) -> list[BadLine]:
         from batchllm_cli.engine.tokenizer import Tokenizer
         from batchllm_cli.models.loader import resolve_model
 
+        if self.plan_path is not None:
+            self._plan = read_plan(self.plan_path)  # a missing or damaged file: before any work
         self.on_phase("reading the model's configuration")
         source = resolve_model(self.model)
         self.model_name = source.name
@@ -151,9 +154,9 @@ class EngineBackend:
         tok = self._tokenized
         self.on_phase("loading the model")
         llm = LLM(self.model, config=self.config)
-        if self.plan_path is not None:
+        if self._plan is not None:
             self.on_phase("checking the plan")
-            requests, plan = restrict_plan(read_plan(self.plan_path), tok, llm.plan_settings())
+            requests, plan = restrict_plan(self._plan, tok, llm.plan_settings())
         else:
             requests = tok.requests
             self.on_phase("planning")

@@ -56,6 +56,7 @@ def run(
         from batchllm_cli.cli.progress import make_reporter
         from batchllm_cli.cli.render import job_summary_table
         from batchllm_cli.engine.config import load_engine_config
+        from batchllm_cli.errors import PlanError
         from batchllm_cli.io.fingerprint import JobFingerprint
         from batchllm_cli.io.job import JobOptions, run_job
         from batchllm_cli.types import SamplingParams
@@ -71,12 +72,17 @@ def run(
         fingerprint = JobFingerprint.make(input, model_key(model), settings)
         opts = JobOptions(input, output, fingerprint, strict=strict, overwrite=overwrite)
         with make_reporter(console, quiet) as reporter, _stop_on_signals() as stop_flag:
-            summary = run_job(
-                opts,
-                lambda: EngineBackend(model, config, defaults, plan, on_phase=reporter.phase),
-                reporter,
-                should_stop=stop_flag.get,
-            )
+            try:
+                summary = run_job(
+                    opts,
+                    lambda: EngineBackend(model, config, defaults, plan, on_phase=reporter.phase),
+                    reporter,
+                    should_stop=stop_flag.get,
+                )
+            except PlanError as exc:
+                fix = f"batchllm plan {input} --json {plan}"
+                same = "--model, --max-tokens and --no-prefix-sharing"
+                raise PlanError(f"{exc}\n  to plan this run: `{fix}` with the same {same}") from None
         if summary.lines == 0:
             console.print(f"[yellow]warning:[/] {input} has no input lines: nothing to do", highlight=False)
             return

@@ -23,6 +23,11 @@ class _Progress:
         self.requests_done = self.prompt_tokens = self.prefill_tokens = self.output_tokens = 0
         self.elapsed_s = 0.0
 
+    def set(self, done: int, tokens: int) -> "_Progress":
+        self.requests_done = done
+        self.prompt_tokens = self.prefill_tokens = self.output_tokens = tokens
+        return self
+
 
 class EchoBackend:
     """Echoes prompts (the last message's content for chats) whole."""
@@ -55,19 +60,18 @@ class EchoBackend:
 
     def run(self, on_progress: Callable[[Any], None]) -> Iterator[tuple[Kind, Completion]]:
         progress = _Progress()
-        for i, rec in enumerate(self._records):
+        done = tokens = 0  # prompt = prefill = output tokens: summed in locals, copied at reports
+        for rec in self._records:
             if self.on_item is not None:
                 self.on_item(rec)
             text = _text(rec)
             n = _count_tokens(text)
-            yield rec.kind, Completion(i, rec.id, text, _ids(n), "stop", n, 0)
-            progress.requests_done += 1
-            progress.prompt_tokens += n
-            progress.prefill_tokens += n
-            progress.output_tokens += n
-            if progress.requests_done % PROGRESS_EVERY == 0:
-                on_progress(progress)
-        on_progress(progress)
+            yield rec.kind, Completion(done, rec.id, text, _ids(n), "stop", n, 0)
+            done += 1
+            tokens += n
+            if done % PROGRESS_EVERY == 0:
+                on_progress(progress.set(done, tokens))
+        on_progress(progress.set(done, tokens))
 
 
 _ID_TUPLES: dict[int, tuple[int, ...]] = {}
