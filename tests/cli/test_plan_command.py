@@ -30,6 +30,18 @@ def planned(tmp_path_factory: pytest.TempPathFactory):
     return json.loads(result.stdout), plan_file
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the in-process runs: on a shared 2-core machine two intra-op threads
+    that wait on each other made the tiny model's run 10x slower; restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _prompts_by_id() -> dict[str, str]:
     return {json.loads(x)["id"]: json.loads(x)["prompt"] for x in SAMPLE.read_text().splitlines() if x.strip()}
 
@@ -78,16 +90,24 @@ def test_no_prefix_sharing_plans_every_prompt_alone():
     assert doc["processed_prefill_tokens"] == doc["logical_prefill_tokens"]
 
 
-def test_run_with_the_plan_and_refusal_of_another_files_plan(planned, tmp_path):
-    _, plan_file = planned
+def test_run_with_the_plan_and_refusal_of_another_files_plan(tmp_path, one_thread):
+    # tiny-llama: random weights behind the embedded tokenizer, so the run costs seconds
+    plan_file = tmp_path / "plan.json"
+    made = _invoke("plan", str(SAMPLE), "--model", "tiny-llama", "--max-tokens", "4", "--json", str(plan_file), "--device", "cpu")
+    assert made.exit_code == 0, made.output
+    assert f"--plan {plan_file}" in " ".join(made.stdout.split())
     out = tmp_path / "out.jsonl"
-    ok = _invoke("run", str(SAMPLE), "-o", str(out), "--max-tokens", "8", "--plan", str(plan_file), "-q", "--device", "cpu")
+    common = ("--model", "tiny-llama", "--max-tokens", "4", "-q", "--device", "cpu")
+    ok = _invoke("run", str(SAMPLE), "-o", str(out), "--plan", str(plan_file), *common)
     assert ok.exit_code == 0, ok.output
     assert sorted(json.loads(x)["id"] for x in out.read_text().splitlines()) == sorted(_prompts_by_id())
     other = ROOT / "sample_data" / "chat.jsonl"
-    refused = _invoke("run", str(other), "-o", str(tmp_path / "o2.jsonl"), "--max-tokens", "8", "--plan", str(plan_file), "-q", "--device", "cpu")
+    refused = _invoke("run", str(other), "-o", str(tmp_path / "o2.jsonl"), "--plan", str(plan_file), *common)
     assert refused.exit_code == 6 and "plan" in refused.output
+    # another max_tokens is another job (it orders the groups and sizes their KV)
+    refused = _invoke("run", str(SAMPLE), "-o", str(tmp_path / "o3.jsonl"), "--plan", str(plan_file), *common[:2], "--max-tokens", "5", "-q", "--device", "cpu")
+    assert refused.exit_code == 6
     damaged = tmp_path / "bad.json"
     damaged.write_text("{not json")
-    refused = _invoke("run", str(SAMPLE), "-o", str(tmp_path / "o3.jsonl"), "--plan", str(damaged), "-q", "--device", "cpu")
-    assert refused.exit_code == 6
+    refused = _invoke("run", str(SAMPLE), "-o", str(tmp_path / "o4.jsonl"), "--plan", str(damaged), *common)
+    assert refused.exit_code == 6 and "plan" in refused.output
