@@ -1,20 +1,32 @@
-"""KeyIndex: the set of a job's record keys in about 36 bytes a key, for duplicates and resume.
+"""KeySet: a job's record keys in bounded memory, for duplicate ids and resume.
 
 A key names one output record: the request's id, or the line number of a bad line whose id
-could not be read. Keys are kept as 128-bit BLAKE2 digests (collisions are out of reach at any
-job size) with the input line they came from, in flat buffers (20 bytes a key, and 16 more
-for the sorted view lookups use): a million-line job costs about 36 MB here instead of the
-~100 MB a Python set of the id strings would.
+could not be read. Each key is kept as a 128-bit BLAKE2 digest (collisions are out of reach at
+any job size) with the input line it came from: 20 bytes an entry. Up to MEMORY_ENTRIES entries
+stay in memory; beyond that they are spilled to NUM_PARTITIONS temporary files, split by
+digest, so that checking a million-line job holds one partition at a time (about 1/64 of its
+keys) instead of all of them. Two sets are compared partition by partition (the same digest
+always lands in the same partition).
 """
 
 from __future__ import annotations
 
 import hashlib
-from array import array
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 
 DIGEST_BYTES = 16
+NUM_PARTITIONS = 64  # a power of two: the partition is the digest's first byte, masked
+MEMORY_ENTRIES = 2**16  # kept in memory before spilling (1.3 MB): most jobs never spill
+BUFFER_BYTES = 16 * 2**10  # per-partition write buffer once spilled (64 x 16 KiB = 1 MiB)
+_MASK = NUM_PARTITIONS - 1
+_ENTRY = struct.Struct("<16sI")  # digest, 1-based line
+ENTRY_DTYPE = np.dtype([("hi", ">u8"), ("lo", ">u8"), ("line", "<u4")])  # 20 bytes, packed
 
 
 def key_of(record_id: str | None, line: int) -> bytes:
@@ -28,63 +40,153 @@ def _digest(key: bytes) -> bytes:
     return hashlib.blake2b(key, digest_size=DIGEST_BYTES).digest()
 
 
-class KeyIndex:
-    """An append-only multiset of keys with the line of each; lookups sort it once."""
+class KeySet:
+    """An append-only multiset of keys with the line of each; a context manager (close() removes
+    the spill files)."""
 
-    def __init__(self) -> None:
-        self._digests = bytearray()  # [n * 16] concatenated digests, in insertion order
-        self._lines = array("I")  # [n] the (1-based) line each key came from
-        self._sorted: np.ndarray | None = None  # [n] uint64 leading digest words, sorted
-        self._order: np.ndarray | None = None  # [n] int64 insertion positions in that order
+    def __init__(self, memory_entries: int | None = None) -> None:
+        self._memory_bytes = (memory_entries or MEMORY_ENTRIES) * _ENTRY.size
+        self._entries = bytearray()  # in memory: [n * 20] entries in insertion order
+        self._dir: Path | None = None  # once spilled: partition p lives in file "p"
+        self._buffers: list[bytearray] = []  # once spilled: entries not yet in their file
+        self._count = 0
 
     def __len__(self) -> int:
-        return len(self._lines)
+        return self._count
+
+    @property
+    def spilled(self) -> bool:
+        return self._dir is not None
 
     def add(self, key: bytes, line: int) -> None:
-        if self._sorted is not None:
-            raise RuntimeError("KeyIndex.add after a lookup: the index is frozen")
-        self._digests += _digest(key)
-        self._lines.append(line)
+        digest = _digest(key)
+        entry = _ENTRY.pack(digest, line)
+        self._count += 1
+        if self._dir is None:
+            self._entries += entry
+            if len(self._entries) >= self._memory_bytes:
+                self._spill()
+            return
+        buffer = self._buffers[digest[0] & _MASK]
+        buffer += entry
+        if len(buffer) >= BUFFER_BYTES:
+            self._flush(digest[0] & _MASK)
 
-    def _freeze(self) -> None:
-        if self._sorted is None:
-            # sort on each digest's leading 64 bits; equal leading words (a repeated key, or a
-            # 1-in-2^64 near miss) are told apart by comparing the whole digests
-            words = np.frombuffer(self._digests, dtype=">u8").reshape(-1, 2)
-            lead = words[:, 0].astype(np.uint64)
-            self._order = np.argsort(lead, kind="stable")
-            lead.sort()  # in place: the same as lead[order] without a third array
-            self._sorted = lead
-
-    def _digest_at(self, pos: int) -> bytes:
-        return bytes(self._digests[pos * DIGEST_BYTES : (pos + 1) * DIGEST_BYTES])
+    def partition(self, p: int) -> np.ndarray:
+        """The entries of partition p (ENTRY_DTYPE), in insertion order."""
+        if self._dir is None:
+            entries = np.frombuffer(self._entries, dtype=ENTRY_DTYPE)
+            return entries[_partition_of(entries) == p]
+        path = self._dir / str(p)
+        data = path.read_bytes() if path.exists() else b""
+        return np.frombuffer(data + bytes(self._buffers[p]), dtype=ENTRY_DTYPE)
 
     def __contains__(self, key: bytes) -> bool:
-        self._freeze()
-        assert self._sorted is not None and self._order is not None
+        """Exact membership (loads one partition: for checks, not for a loop over a job)."""
         digest = _digest(key)
-        lead = np.uint64(int.from_bytes(digest[:8], "big"))
-        lo = int(np.searchsorted(self._sorted, lead, side="left"))
-        hi = int(np.searchsorted(self._sorted, lead, side="right"))
-        return any(self._digest_at(int(self._order[i])) == digest for i in range(lo, hi))
+        part = self.partition(digest[0] & _MASK)
+        hi, lo = struct.unpack(">QQ", digest)
+        return bool(np.any((part["hi"] == hi) & (part["lo"] == lo)))
 
-    def duplicates(self, limit: int = 20) -> list[tuple[int, int]]:
-        """Up to `limit` (first line, repeated line) pairs of equal keys, by repeated line."""
-        self._freeze()
-        assert self._sorted is not None and self._order is not None
-        pairs: list[tuple[int, int]] = []
-        for i in np.flatnonzero(self._sorted[1:] == self._sorted[:-1]):
-            a, b = int(self._order[i]), int(self._order[i + 1])
-            if self._digest_at(a) == self._digest_at(b):
-                pairs.append((self._lines[a], self._lines[b]))
-        # a key seen three times gives (1st, 2nd) and (2nd, 3rd): name the first line in both
-        first: dict[int, int] = {}
-        named = []
-        for a, b in sorted(pairs, key=lambda p: p[1]):
-            first[b] = first.get(a, a)
-            named.append((first[b], b))
-        return named[:limit]
+    def _spill(self) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="batchllm-keys-"))
+        self._buffers = [bytearray() for _ in range(NUM_PARTITIONS)]
+        entries = np.frombuffer(self._entries, dtype=ENTRY_DTYPE)
+        parts = _partition_of(entries)
+        for p in range(NUM_PARTITIONS):
+            (self._dir / str(p)).write_bytes(entries[parts == p].tobytes())
+        del entries, parts
+        self._entries = bytearray()
 
-    def count_duplicates(self) -> int:
-        """How many keys repeat an earlier one."""
-        return len(self.duplicates(limit=len(self)))
+    def _flush(self, p: int) -> None:
+        assert self._dir is not None
+        with open(self._dir / str(p), "ab") as f:
+            f.write(self._buffers[p])
+        self._buffers[p].clear()
+
+    def close(self) -> None:
+        """Frees the keys and removes the spill files (the set is empty afterwards)."""
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+        self._dir, self._buffers, self._entries, self._count = None, [], bytearray(), 0
+
+    def __enter__(self) -> "KeySet":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _partition_of(entries: np.ndarray) -> np.ndarray:
+    """[n] uint8 partition of each entry: its digest's first byte, masked (no wide temporaries)."""
+    first_bytes = np.ascontiguousarray(entries).view(np.uint8).reshape(-1, ENTRY_DTYPE.itemsize)[:, 0]
+    return first_bytes & np.uint8(_MASK)
+
+
+def _partitions(keys: KeySet) -> Iterator[np.ndarray]:
+    for p in range(NUM_PARTITIONS):
+        part = keys.partition(p)
+        if len(part):
+            yield part
+
+
+def duplicates(keys: KeySet, limit: int = 20) -> tuple[list[tuple[int, int]], int]:
+    """(up to `limit` (first line, repeating line) pairs ordered by repeating line, how many
+    entries repeat an earlier key). A key seen three times gives (1st, 2nd) and (1st, 3rd)."""
+    named = np.zeros((0, 2), dtype=np.int64)  # [<= limit, 2] the pairs kept so far
+    total = 0
+    for part in _partitions(keys):
+        part = part[np.lexsort((part["line"], part["lo"], part["hi"]))]
+        same = (part["hi"][1:] == part["hi"][:-1]) & (part["lo"][1:] == part["lo"][:-1])
+        if not same.any():
+            continue
+        starts = np.concatenate(([True], ~same))  # [n] first entry of a run of equal keys
+        first = np.maximum.accumulate(np.where(starts, np.arange(len(part)), 0))
+        repeat = np.flatnonzero(~starts)
+        total += len(repeat)
+        lines = part["line"].astype(np.int64)
+        pairs = np.stack([lines[first[repeat]], lines[repeat]], axis=1)
+        named = np.concatenate([named, pairs])
+        named = named[np.argsort(named[:, 1], kind="stable")][:limit]
+    return [(int(a), int(b)) for a, b in named], total
+
+
+class LineSet:
+    """A set of 1-based line numbers as a bitmap (one bit a line of the input)."""
+
+    def __init__(self, bits: bytearray) -> None:
+        self._bits = bits
+
+    def __contains__(self, line: int) -> bool:
+        byte = line >> 3
+        return byte < len(self._bits) and bool(self._bits[byte] >> (line & 7) & 1)
+
+
+def lines_in(keys: KeySet, others: KeySet, max_line: int) -> LineSet:
+    """The lines of `keys` whose key is also in `others` (e.g. input lines already answered)."""
+    bits = np.zeros((max_line >> 3) + 1, dtype=np.uint8)
+    if len(others):
+        for p in range(NUM_PARTITIONS):
+            mine = keys.partition(p)
+            if not len(mine):
+                continue
+            theirs = others.partition(p)
+            if not len(theirs):
+                continue
+            found = _rows_in(mine, theirs)
+            lines = mine["line"][found].astype(np.int64)
+            np.bitwise_or.at(bits, lines >> 3, (1 << (lines & 7)).astype(np.uint8))
+    return LineSet(bytearray(bits.tobytes()))
+
+
+def _rows_in(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    """[len(mine)] bool: whether each entry's digest is among `theirs`' digests."""
+    digests = np.dtype([("hi", ">u8"), ("lo", ">u8")])
+    a = np.empty(len(mine), dtype=digests)
+    a["hi"], a["lo"] = mine["hi"], mine["lo"]
+    b = np.empty(len(theirs), dtype=digests)
+    b["hi"], b["lo"] = theirs["hi"], theirs["lo"]
+    # a structured array sorts and searches by its fields in order: (hi, lo)
+    b.sort()
+    pos = np.searchsorted(b, a).clip(max=len(b) - 1)
+    return b[pos] == a

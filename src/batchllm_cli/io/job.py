@@ -1,9 +1,11 @@
 """run_job: one batch job from an input file to an output file, the engine behind a protocol.
 
 Two passes over the input keep memory small: the first checks every line and collects the
-keys (duplicates are refused before anything is written), the second streams the lines the
-output does not hold yet, writing bad lines' error records at once and handing the good ones to
-the backend. The backend keeps what it needs (the engine: token ids, for global planning).
+keys (io/index.py, spilled to disk when large: duplicates are refused before anything is
+written, and the lines the output already holds become a bitmap of one bit a line); the second
+streams the lines the output does not hold yet, writing bad lines' error records at once and
+handing the good ones to the backend. The backend keeps what it needs (the engine: token ids,
+for global planning).
 """
 
 from __future__ import annotations
@@ -12,17 +14,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, TypeVar
+from typing import Any, Callable, Iterator, Protocol
 
 from batchllm_cli.errors import BatchLLMError, InputError, OutputError
 from batchllm_cli.io.fingerprint import JobFingerprint
 from batchllm_cli.io.formats import completion_record, error_record
-from batchllm_cli.io.index import KeyIndex, key_of
+from batchllm_cli.io.index import KeySet, LineSet, duplicates, key_of, lines_in
 from batchllm_cli.io.reader import BadLine, InputRecord, Kind, read_ids, read_input
 from batchllm_cli.io.writer import OutputWriter, ResumeState, inspect_output
 from batchllm_cli.types import Completion
 
-T = TypeVar("T")
 MAX_DUPLICATES = 50  # duplicate pairs named in one error message
 # bad lines named by --strict: all of them in any file a person would fix by hand
 MAX_LISTED = 1000
@@ -143,7 +144,8 @@ def run_job(
     _check_paths(opts)
     state = inspect_output(opts.output_path, opts.fingerprint, opts.overwrite)
     rep.phase("checking the input")
-    pending_lines = _check_input(opts, summary, state)
+    with state.done:
+        pending_lines, done_lines = _check_input(opts, summary, state)
     summary.resumed, summary.torn_bytes = state.records, state.torn_bytes
     if state.mode == "resume":
         rep.note(f"resuming {opts.output_path}: {state.records} of {summary.lines} records are there")
@@ -159,7 +161,7 @@ def run_job(
     with OutputWriter(opts.output_path, state, opts.fingerprint) as writer:
         tag = opts.fingerprint.tag
         counter = _PendingCounter()
-        pairs = _pending(opts.input_path, state, writer, tag, summary, counter)
+        pairs = _pending(opts.input_path, done_lines, writer, tag, summary, counter)
         rejected_count = 0
         if pending_lines:
             backend = backend_factory()
@@ -209,33 +211,35 @@ def _check_paths(opts: JobOptions) -> None:
         pass  # the input's absence is reported by the reader
 
 
-def _check_input(opts: JobOptions, summary: JobSummary, state: ResumeState) -> int:
+def _check_input(opts: JobOptions, summary: JobSummary, state: ResumeState) -> tuple[int, LineSet]:
     """Pass 1: refuses duplicate ids, and (--strict) any bad line, before anything is written.
-    Returns how many lines the output does not hold yet."""
-    keys = KeyIndex()
+    Returns how many lines the output does not hold yet, and the lines it holds."""
     listed: list[str] = []
-    bad = 0
-    if opts.strict:
-        for rec in read_input(opts.input_path):
-            keys.add(key_of(rec.id, rec.line), rec.line)
-            if isinstance(rec, BadLine):
-                bad += 1
-                if len(listed) < MAX_LISTED:
-                    listed.append(rec.describe())
-    else:
-        for line, rid in read_ids(opts.input_path):
-            keys.add(key_of(rid, line), line)
-    summary.lines = len(keys)
-    dups = keys.duplicates(limit=MAX_DUPLICATES)
-    if dups:
-        shown = "; ".join(f"line {b} repeats the id of line {a}" for a, b in dups)
-        more = keys.count_duplicates() - len(dups)
-        tail = f" (and {more} more)" if more > 0 else ""
-        raise InputError(f"duplicate ids: {shown}{tail}; every id must be unique")
-    if bad:
-        raise _bad_lines_error(listed, bad)
+    bad = last_line = 0
+    with KeySet() as keys:
+        if opts.strict:
+            for rec in read_input(opts.input_path):
+                keys.add(key_of(rec.id, rec.line), rec.line)
+                last_line = rec.line
+                if isinstance(rec, BadLine):
+                    bad += 1
+                    if len(listed) < MAX_LISTED:
+                        listed.append(rec.describe())
+        else:
+            for line, rid in read_ids(opts.input_path):
+                keys.add(key_of(rid, line), line)
+                last_line = line
+        summary.lines = len(keys)
+        dups, count = duplicates(keys, limit=MAX_DUPLICATES)
+        if dups:
+            shown = "; ".join(f"line {b} repeats the id of line {a}" for a, b in dups)
+            tail = f" (and {count - len(dups)} more)" if count > len(dups) else ""
+            raise InputError(f"duplicate ids: {shown}{tail}; every id must be unique")
+        if bad:
+            raise _bad_lines_error(listed, bad)
+        done_lines = lines_in(keys, state.done, last_line)
     # every record of the output is a line of this input (same fingerprint, no duplicates)
-    return summary.lines - state.records
+    return summary.lines - state.records, done_lines
 
 
 def _bad_lines_error(listed: list[str], total: int) -> InputError:
@@ -250,12 +254,11 @@ class _PendingCounter:
 
 
 def _pending(
-    path: Path, state: ResumeState, writer: OutputWriter, tag: str, summary: JobSummary, counter: _PendingCounter
+    path: Path, done_lines: LineSet, writer: OutputWriter, tag: str, summary: JobSummary, counter: _PendingCounter
 ) -> Iterator[tuple[InputRecord, bool]]:
     """Pass 2: (good record, already done) pairs; bad lines get their error record on the way."""
-    resuming = state.records > 0
     for rec in read_input(path):
-        done = resuming and key_of(rec.id, rec.line) in state.done
+        done = rec.line in done_lines
         if isinstance(rec, BadLine):
             summary.bad_lines += 1
             if not done:
@@ -264,8 +267,3 @@ def _pending(
         else:
             counter.good += not done
             yield rec, done
-
-
-def _chain(first: T, rest: Iterator[T]) -> Iterator[T]:
-    yield first
-    yield from rest

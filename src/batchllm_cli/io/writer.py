@@ -19,7 +19,7 @@ import orjson
 from batchllm_cli.errors import OutputError
 from batchllm_cli.io.fingerprint import JobFingerprint
 from batchllm_cli.io.formats import dumps_line, record_key
-from batchllm_cli.io.index import KeyIndex
+from batchllm_cli.io.index import KeySet
 
 SIDECAR_SUFFIX = ".batchllm.json"
 # An output line holds one request's text (at most a context of tokens): 64 MiB is far above it.
@@ -37,7 +37,7 @@ class ResumeState:
     """What an existing output holds: where its whole lines end and which records they are."""
 
     mode: Literal["fresh", "resume"]
-    done: KeyIndex = field(default_factory=KeyIndex)
+    done: KeySet = field(default_factory=KeySet)  # keys of the finished records (close() it)
     records: int = 0  # finished records found
     keep_bytes: int = 0  # the file is cut to this length before appending
     torn_bytes: int = 0  # bytes dropped after the last whole line
@@ -60,9 +60,12 @@ def inspect_output(output: str | Path, fingerprint: JobFingerprint, overwrite: b
         raise OutputError(f"cannot read {side}: {exc}: {hint}") from None
     state = scan_output(out)
     diff = fingerprint.differences(saved)
-    if diff and state.records:
+    if not diff:
+        return state
+    state.done.close()
+    if state.records:
         raise OutputError(f"{out} was made from other input or settings ({'; '.join(diff)}): {hint}")
-    return state if not diff else ResumeState("fresh")  # ours, with nothing finished to keep
+    return ResumeState("fresh")  # ours, with nothing finished to keep
 
 
 def scan_output(out: Path) -> ResumeState:
@@ -83,6 +86,7 @@ def scan_output(out: Path) -> ResumeState:
                 offset += len(raw)
             size = out.stat().st_size
     except OSError as exc:
+        state.done.close()
         raise OutputError(f"cannot read {out}: {exc.strerror or exc}") from None
     state.keep_bytes, state.torn_bytes = offset, size - offset
     return state
