@@ -79,7 +79,7 @@ class RichReporter:
             SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            TextColumn("{task.completed}/{task.total} requests"),
+            TextColumn("{task.fields[count]}"),  # empty until the number of requests is known
             TextColumn("{task.fields[rate]} tok/s"),
             TextColumn("ETA {task.fields[eta]}"),
             TextColumn("prefix saved {task.fields[saved]}"),
@@ -87,7 +87,7 @@ class RichReporter:
             console=console,
             transient=False,
         )
-        self._task = self._progress.add_task("starting", total=None, rate="-", eta="?", saved="-")
+        self._task = self._progress.add_task("starting", total=None, count="", rate="-", eta="?", saved="-")
 
     def phase(self, text: str) -> None:
         self._progress.update(self._task, description=text)
@@ -98,7 +98,7 @@ class RichReporter:
     def progress(self, p: JobProgress) -> None:
         self._progress.update(
             self._task, completed=p.requests_done, total=p.requests_total,
-            rate=f"{_rate(p):.1f}", eta=_eta(p), saved=_saved(p),
+            count=f"{p.requests_done}/{p.requests_total} requests", rate=f"{_rate(p):.1f}", eta=_eta(p), saved=_saved(p),
         )
 
     def __enter__(self) -> "RichReporter":
