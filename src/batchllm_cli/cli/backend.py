@@ -91,13 +91,20 @@ def _is_openai(rec: InputRecord) -> bool:
     return rec.kind.startswith("openai")
 
 
-def restrict_plan(plan: Any, tokenized: Tokenized, settings: Any) -> tuple[list[Request], Any]:
-    """The pending requests (re-indexed 0..m-1) and `plan` cut down to them, in the same order.
+def check_plan(plan: Any, tokenized: Tokenized, config: Any) -> None:
+    """PlanError unless `plan` was made for this job's requests (all of them, done ones too) and
+    for the prefix settings of `config` (an EngineConfig)."""
+    from batchllm_cli.planner.plan import PlanSettings
 
-    `plan` is first checked against the whole job (PlanError if it belongs to another input)."""
+    # the KV pool size is not part of what a plan must match: any value checks it
+    plan.validate(tokenized.requests, PlanSettings.from_engine(config, PlanSettings.num_kv_blocks))
+
+
+def restrict_plan(plan: Any, tokenized: Tokenized) -> tuple[list[Request], Any]:
+    """The pending requests (re-indexed 0..m-1) and `plan` (checked by check_plan) cut down to
+    them, in the same order: what a resumed run with --plan executes."""
     from batchllm_cli.planner.plan import Plan, PrefixGroup, input_fingerprint
 
-    plan.validate(tokenized.requests, settings)
     new_index = np.cumsum(np.frombuffer(bytes(tokenized.pending), dtype=np.uint8), dtype=np.int64) - 1
     keep = tokenized.pending
     groups = []
@@ -145,6 +152,9 @@ class EngineBackend:
             records, tokenizer, source.config.max_position, self.defaults, self.config.seed,
             keep_done=self.plan_path is not None,
         )
+        if self._plan is not None:
+            self.on_phase("checking the plan")
+            check_plan(self._plan, self._tokenized, self.config)  # before the model loads
         return self._tokenized.rejected
 
     def run(self, on_progress: Callable[[Any], None]) -> Iterator[tuple[Kind, Completion]]:
@@ -155,8 +165,7 @@ class EngineBackend:
         self.on_phase("loading the model")
         llm = LLM(self.model, config=self.config)
         if self._plan is not None:
-            self.on_phase("checking the plan")
-            requests, plan = restrict_plan(self._plan, tok, llm.plan_settings())
+            requests, plan = restrict_plan(self._plan, tok)
         else:
             requests = tok.requests
             self.on_phase("planning")

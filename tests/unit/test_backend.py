@@ -1,0 +1,110 @@
+"""cli/backend.py without a model: records -> requests (seeds, kinds, context limit, done
+records), and a saved plan checked against a job and cut down to what a resumed run has left."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Sequence
+
+import pytest
+
+from batchllm_cli.cli.backend import KINDS, check_plan, request_seed, restrict_plan, tokenize_records
+from batchllm_cli.engine.config import load_engine_config
+from batchllm_cli.errors import InputError, PlanError
+from batchllm_cli.io.fields import NO_OVERRIDES, SamplingOverrides
+from batchllm_cli.io.reader import InputRecord
+from batchllm_cli.planner import PlanSettings, build_plan
+from batchllm_cli.planner.plan import check_groups
+from batchllm_cli.types import SamplingParams
+
+DEFAULTS = SamplingParams(max_tokens=4)
+
+
+class WordTokenizer:
+    """One token per word (id = word length + 100); chats need a non-empty system message."""
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [[100 + len(w) for w in t.split()] for t in texts]
+
+    def encode_chat(self, messages: Sequence[dict]) -> list[int]:
+        if messages[0]["role"] != "system":
+            raise InputError("this model needs a system message")
+        return self.encode_batch([" ".join(m["content"] for m in messages)])[0]
+
+
+def _plain(line: int, text: str, sampling: SamplingOverrides = NO_OVERRIDES) -> InputRecord:
+    return InputRecord(line, f"q{line}", "plain", text, None, sampling)
+
+
+def _tokenize(records: list[tuple[InputRecord, bool]], max_len: int = 64, keep_done: bool = False):
+    return tokenize_records(iter(records), WordTokenizer(), max_len, DEFAULTS, job_seed=5, keep_done=keep_done)
+
+
+def test_requests_keep_input_order_kinds_and_line_seeds() -> None:
+    chat = InputRecord(2, "c", "openai_chat", None, ({"role": "system", "content": "a bb"},), NO_OVERRIDES)
+    own_seed = _plain(3, "x y", SamplingOverrides(seed=9, max_tokens=2))
+    tok = _tokenize([(_plain(1, "one two three"), False), (chat, False), (own_seed, False)])
+    assert [r.index for r in tok.requests] == [0, 1, 2]
+    assert [r.id for r in tok.requests] == ["q1", "c", "q3"]
+    assert [r.prompt_ids.tolist() for r in tok.requests] == [[103, 103, 105], [101, 102], [101, 101]]
+    assert [KINDS[k] for k in tok.kinds] == ["plain", "openai_chat", "plain"]
+    assert [r.sampling.seed for r in tok.requests] == [request_seed(5, 1), request_seed(5, 2), 9]
+    assert tok.requests[2].sampling.max_tokens == 2 and tok.requests[0].sampling.max_tokens == 4
+    assert list(tok.pending) == [1, 1, 1] and tok.rejected == []
+
+
+def test_seeds_depend_on_job_seed_and_line_only() -> None:
+    seeds = {request_seed(s, line) for s in (0, 1) for line in (1, 2, 3)}
+    assert len(seeds) == 6 and request_seed(1, 2) == request_seed(1, 2)
+
+
+def test_too_long_and_untokenizable_lines_are_rejected_unless_done() -> None:
+    long = _plain(2, " ".join(["w"] * 61))  # 61 + max_tokens 4 > 64
+    no_system = InputRecord(3, "u", "chat", None, ({"role": "user", "content": "hi"},), NO_OVERRIDES)
+    done_long = _plain(4, " ".join(["w"] * 61))
+    tok = _tokenize([(_plain(1, "ok"), False), (long, False), (no_system, False), (done_long, True)])
+    assert [r.id for r in tok.requests] == ["q1"]
+    assert [(b.line, b.code) for b in tok.rejected] == [(2, "context_length_exceeded"), (3, "invalid_messages")]
+    assert "61 prompt tokens + max_tokens 4 = 65" in tok.rejected[0].message
+    assert "system message" in tok.rejected[1].message
+
+
+def test_done_records_are_skipped_or_kept_for_a_plan() -> None:
+    records = [(_plain(i, f"w{i}"), i % 2 == 0) for i in range(1, 6)]
+    assert [r.id for r in _tokenize(records).requests] == ["q1", "q3", "q5"]
+    kept = _tokenize(records, keep_done=True)
+    assert [r.id for r in kept.requests] == ["q1", "q2", "q3", "q4", "q5"]
+    assert list(kept.pending) == [1, 0, 1, 0, 1]
+
+
+def _job(done: set[int]) -> Any:
+    """Three prompts on each of two shared 20-word prefixes; lines in `done` are finished."""
+    prefixes = [" ".join(["alpha"] * 20), " ".join(["beta"] * 20)]
+    records = [(_plain(i + 1, f"{prefixes[i % 2]} question {i}"), i + 1 in done) for i in range(6)]
+    return _tokenize(records, keep_done=True)
+
+
+def test_a_plan_is_checked_against_the_job_and_the_prefix_settings() -> None:
+    config = load_engine_config("cpu")
+    tok = _job(set())
+    plan = build_plan(tok.requests, PlanSettings.from_engine(config, 64))
+    check_plan(plan, tok, config)  # the same job and settings: accepted
+    with pytest.raises(PlanError, match="does not belong"):
+        check_plan(plan, replace(tok, requests=tok.requests[:-1]), config)
+    with pytest.raises(PlanError, match="other prefix settings"):
+        check_plan(plan, tok, load_engine_config("cpu", prefix_sharing=False))
+
+
+def test_restrict_plan_keeps_the_order_of_what_is_left() -> None:
+    config = load_engine_config("cpu")
+    tok = _job(done={1, 2, 5})  # left: lines 3, 4, 6 = job requests 2, 3, 5
+    plan = build_plan(tok.requests, PlanSettings.from_engine(config, 64))
+    assert len(plan.groups) == 2 and all(g.prefix_len > 0 for g in plan.groups)
+    requests, sub = restrict_plan(plan, tok)
+    assert [r.index for r in requests] == [0, 1, 2] and [r.id for r in requests] == ["q3", "q4", "q6"]
+    old_of_new = {0: 2, 1: 3, 2: 5}
+    expected = [tuple(m for m in g.members if m in old_of_new.values()) for g in plan.groups]
+    assert [tuple(old_of_new[m] for m in g.members) for g in sub.groups] == [e for e in expected if e]
+    alone = [g for g in sub.groups if len(g.members) == 1]
+    assert alone and all(g.prefix_len == 0 for g in alone)  # one member shares with nobody
+    check_groups(sub.groups, requests)  # the cut plan keeps the Plan invariants
