@@ -68,7 +68,7 @@ def test_many_duplicates_keep_the_first_ones_by_line(make_keys) -> None:
 def test_empty() -> None:
     with KeySet() as keys:
         assert duplicates(keys) == ([], 0) and key_of("a", 1) not in keys and len(keys) == 0
-        assert 1 not in lines_in(keys, keys, max_line=0)
+        assert 3 not in lines_in(keys, keys, max_line=0)
 
 
 def test_lines_in_marks_the_lines_whose_key_the_other_set_holds(make_keys) -> None:
