@@ -9,7 +9,9 @@ Compared, on the same GPU in one run:
           tokens) with a block-sparse mask (each query sees the prefix and its own tokens).
 "Unique KV" = bytes that must be read at least once: (G*P + G*D*S) * kv_heads * head_dim * 2 * 2;
 bandwidth fraction = unique KV / time / measured device copy bandwidth. Times: triton's do_bench
-(L2 flushed before each run), median.
+(L2 flushed before each run), median, of a CUDA graph replay of each method (the way the engine
+runs a decode step; a method that cannot be captured is timed eagerly, and the row says so).
+Launch-setting sweeps: benchmarks/tune_decode.py.
 
     python benchmarks/bench_attention.py --out results/        # needs a CUDA GPU
 """
@@ -40,25 +42,26 @@ CASES = [
     (64, 1, 16000, 200), (16, 4, 16000, 200), (4, 16, 16000, 200), (1, 64, 16000, 200),
     (1, 256, 32768, 64),
 ]
-# Launch settings tried per case for the tuning table: (block_n, num_stages, num_warps, splits);
-# None = the launcher's choice.
-SWEEP = [(64, 3, None, 1), (64, 3, None, 2), (64, 3, None, 4), (64, 3, None, 8),
-         (128, 2, None, None), (128, 3, None, None), (64, 2, None, None), (64, 4, None, None),
-         (32, 3, None, None), (64, 3, 4, None), (64, 3, 8, None)]
 
 
 class Case:
     """One decode step in the paged cache plus the peers' dense layouts of the same K/V."""
 
-    def __init__(self, groups: int, degree: int, prefix: int, own: int, device: str) -> None:
+    def __init__(self, groups: int, degree: int, prefix: int, own: int, device: str,
+                 layout: str = "token") -> None:
         self.groups, self.degree, self.prefix, self.own = groups, degree, prefix, own
         self.n = groups * degree
         pb, ob = math.ceil(prefix / BLOCK), math.ceil(own / BLOCK)
         num_blocks = groups * pb + self.n * ob
         gen = torch.Generator(device=device).manual_seed(0)
-        shape = (num_blocks, BLOCK, HKV, DIM)
+        # layout "token": [blocks, block_size, kv_heads, dim] in memory; "head": each kv head's
+        # part of a block stored together ([blocks, kv_heads, block_size, dim]), seen through the
+        # same [blocks, block_size, kv_heads, dim] view (the kernels take strides).
+        shape = (num_blocks, BLOCK, HKV, DIM) if layout == "token" else (num_blocks, HKV, BLOCK, DIM)
         self.k_cache = torch.randn(shape, generator=gen, device=device, dtype=DTYPE)
         self.v_cache = torch.randn(shape, generator=gen, device=device, dtype=DTYPE)
+        if layout != "token":
+            self.k_cache, self.v_cache = self.k_cache.transpose(1, 2), self.v_cache.transpose(1, 2)
         self.q = torch.randn((self.n, HQ, DIM), generator=gen, device=device, dtype=DTYPE)
         shared_tables = [list(range(g * pb, (g + 1) * pb)) for g in range(groups)]
         base = groups * pb
@@ -78,7 +81,7 @@ class Case:
         return (self.groups * self.prefix + self.n * self.own) * HKV * DIM * 2 * 2
 
     def _flat(self, cache: torch.Tensor) -> torch.Tensor:
-        return cache.view(-1, HKV, DIM)
+        return cache.reshape(-1, HKV, DIM)
 
     def ours(self, **launch):
         out = torch.empty_like(self.q)
@@ -124,9 +127,29 @@ class Case:
 
 
 def _time_us(fn) -> float:
+    """Eager timing: the host launches every kernel of each call."""
     fn()
     torch.cuda.synchronize()
     return do_bench(fn, warmup=10, rep=50, return_mode="median") * 1000.0
+
+
+def graph_us(fn) -> float:
+    """Timing of one captured CUDA graph of fn (what a decode step replays: no host launch gaps)."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return do_bench(graph.replay, warmup=10, rep=100, return_mode="median") * 1000.0
+
+
+def time_us(fn) -> tuple[float, str]:
+    """(µs, "graph") from a CUDA graph replay, or (µs, "eager") where fn cannot be captured."""
+    try:
+        return graph_us(fn), "graph"
+    except Exception:  # noqa: BLE001 - e.g. a compiled peer that refuses capture
+        torch.cuda.synchronize()
+        return _time_us(fn), "eager"
 
 
 def copy_bandwidth() -> float:
@@ -142,7 +165,7 @@ def run_case(spec, bw: float, log) -> dict:
     case = Case(g, d, p, s, "cuda")
     row = {"case": f"{g}x{d}, P={p}, S={s}", "unique_MB": case.unique_bytes / 1e6}
     fn, ours_out = case.ours()
-    row["ours_us"] = _time_us(fn)
+    row["ours_us"], row["ours_timing"] = time_us(fn)
     row["bw_fraction"] = case.unique_bytes / (row["ours_us"] * 1e-6) / (bw * 1e9)
     ours_o = ours_out.float()
     for name in ("sdpa", "flex"):
@@ -152,7 +175,7 @@ def run_case(spec, bw: float, log) -> dict:
             continue
         try:
             fn, out = getattr(case, name)()
-            row[f"{name}_us"] = _time_us(fn)
+            row[f"{name}_us"], row[f"{name}_timing"] = time_us(fn)
             o = out["o"]
             o = o[:, :, 0] if name == "sdpa" else o[:, :, :d].transpose(1, 2).reshape(g * d, HQ, DIM)
             row[f"{name}_maxdiff"] = float((o.float() - ours_o).abs().max())
@@ -167,55 +190,38 @@ def run_case(spec, bw: float, log) -> dict:
     return row
 
 
-def sweep_case(spec, log, deadline: float) -> None:
-    """Times the launch settings of SWEEP on one case (the table behind the launcher's defaults)."""
-    g, d, p, s = spec
-    case = Case(g, d, p, s, "cuda")
-    tuning = {"default": round(_time_us(case.ours()[0]), 1)}
-    for bn, stages, warps, splits in SWEEP:
-        if time.time() > deadline:
-            tuning["stopped"] = "time budget"
-            break
-        key = f"bn{bn}/st{stages}/w{warps or 'auto'}/sp{splits or 'auto'}"
-        try:
-            fn, _ = case.ours(block_n=bn, num_stages=stages, num_warps=warps, num_splits=splits)
-            tuning[key] = round(_time_us(fn), 1)
-        except Exception as exc:
-            tuning[key] = f"{type(exc).__name__}: {str(exc)[:120]}"
-    for splits in (2, 4):
-        fn, _ = case.ours(num_splits=splits, merge_in_launch=True)
-        tuning[f"sp{splits}/merge-in-launch"] = round(_time_us(fn), 1)
-    for apart in (True, False):  # own segments in own_decode_kernel, or walked by the tiles
-        fn, _ = case.ours(separate_own=apart)
-        tuning[f"own-{'apart' if apart else 'in-tile'}"] = round(_time_us(fn), 1)
-    log(json.dumps({"sweep": f"{g}x{d}, P={p}, S={s}", "us": tuning}))
-    del case
-    torch.cuda.empty_cache()
+def prefill_step(items, prefix: int):
+    """One prefill step in the paged cache: items (q_len, own context, shared id) after a prefix."""
+    total_kv = prefix + sum(q for q, _, _ in items)
+    blocks = math.ceil(total_kv / BLOCK) + 16 * len(items)
+    kc = torch.randn((blocks, BLOCK, HKV, DIM), device=DEV, dtype=DTYPE)
+    vc = torch.randn_like(kc)
+    pb = math.ceil(prefix / BLOCK)
+    own, nxt = [], pb
+    for q, _, _ in items:
+        own.append(list(range(nxt, nxt + math.ceil(q / BLOCK))))
+        nxt += len(own[-1])
+    meta = AttentionMetadata.build(
+        block_size=BLOCK, q_lens=[q for q, _, _ in items], own_ctx_lens=[c for _, c, _ in items],
+        own_block_tables=own, shared_ids=[sid for _, _, sid in items],
+        shared_lens=[prefix] if prefix else [], shared_block_tables=[list(range(pb))] if prefix else [],
+        device=DEV)
+    q = torch.randn((sum(q for q, _, _ in items), HQ, DIM), device=DEV, dtype=DTYPE)
+    return q, kc, vc, meta, own
+
+
+PREFILL_CASES = [([(2048, 0, -1)], 0), ([(200, 0, 0)] * 16, 2000)]
 
 
 def prefill_rows(log) -> None:
     """Our varlen paged prefill against SDPA (flash, dense K/V) for a prefix and its distinct parts."""
     from batchllm_kernels.prefill import prefill_attention
 
-    for items, prefix in [([(2048, 0, -1)], 0), ([(200, 0, 0)] * 16, 2000)]:
-        total_kv = prefix + sum(q for q, _, _ in items)
-        blocks = math.ceil(total_kv / BLOCK) + 16 * len(items)
-        kc = torch.randn((blocks, BLOCK, HKV, DIM), device=DEV, dtype=DTYPE)
-        vc = torch.randn_like(kc)
-        pb = math.ceil(prefix / BLOCK)
-        own, nxt = [], pb
-        for q, _, _ in items:
-            own.append(list(range(nxt, nxt + math.ceil(q / BLOCK))))
-            nxt += len(own[-1])
-        meta = AttentionMetadata.build(
-            block_size=BLOCK, q_lens=[q for q, _, _ in items], own_ctx_lens=[c for _, c, _ in items],
-            own_block_tables=own, shared_ids=[sid for _, _, sid in items],
-            shared_lens=[prefix] if prefix else [], shared_block_tables=[list(range(pb))] if prefix else [],
-            device=DEV)
-        num_tokens = sum(q for q, _, _ in items)
-        q = torch.randn((num_tokens, HQ, DIM), device=DEV, dtype=DTYPE)
+    for items, prefix in PREFILL_CASES:
+        q, kc, vc, meta, own = prefill_step(items, prefix)
+        num_tokens = q.shape[0]
         out = torch.empty_like(q)
-        ours = _time_us(lambda: prefill_attention(q, kc, vc, meta, DIM ** -0.5, out))
+        ours, _ = time_us(lambda: prefill_attention(q, kc, vc, meta, DIM ** -0.5, out))
         # SDPA on dense per-item K/V (prefix copied per item, untimed), causal over the own part.
         flat_k, flat_v = kc.view(-1, HKV, DIM), vc.view(-1, HKV, DIM)
         qlen = items[0][0]
@@ -235,7 +241,7 @@ def prefill_rows(log) -> None:
         ref = sdpa().transpose(1, 2).reshape(num_tokens, HQ, DIM)
         diff = float((ref.float() - out.float()).abs().max())
         log(json.dumps({"prefill": f"{len(items)} x {qlen} tokens after a {prefix}-token prefix",
-                        "ours_us": round(ours, 1), "sdpa_us": round(_time_us(sdpa), 1), "maxdiff": diff}))
+                        "ours_us": round(ours, 1), "sdpa_us": round(time_us(sdpa)[0], 1), "maxdiff": diff}))
 
 
 def table(rows: list[dict], bw: float, device: str) -> str:
@@ -243,7 +249,7 @@ def table(rows: list[dict], bw: float, device: str) -> str:
         x = r.get(f"{name}_us")
         if x is None:
             return "skipped (dense copy > 8 GB)" if r.get(f"{name}_skipped") else "fails"
-        return f"{x:,.0f} µs"
+        return f"{x:,.0f} µs" + (" (eager)" if r.get(f"{name}_timing") == "eager" else "")
 
     lines = [f"Device: {device}; copy bandwidth {bw:,.0f} GB/s (read + write)", "",
              "| G×D, P, S | unique KV | ours | % of copy BW | SDPA (prefix copied) | FlexAttention | ours vs best peer |",
@@ -259,11 +265,7 @@ def table(rows: list[dict], bw: float, device: str) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("results"))
-    ap.add_argument("--sweep", default="16x16,4x16,256x1,64x1,4x64,1x256,64x4,1x64",
-                    help="cases (GxD) that also get the launch-settings sweep; '' for none")
     ap.add_argument("--cases", default="", help="only these GxD cases (comma list)")
-    ap.add_argument("--budget-s", type=float, default=1e9,
-                    help="wall-clock budget: sweeps stop (and the table is written) when it runs out")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("bench_attention needs a CUDA GPU", file=sys.stderr)
@@ -279,8 +281,6 @@ def main() -> int:
     device = torch.cuda.get_device_name()
     bw = copy_bandwidth()
     log(json.dumps({"device": device, "copy_GBps": bw, "torch": torch.__version__}))
-    deadline = time.time() + args.budget_s
-    sweep = [c for c in args.sweep.split(",") if c]
     only = {c for c in args.cases.split(",") if c}
     rows = []
     for spec in CASES:
@@ -300,14 +300,6 @@ def main() -> int:
     text = table(rows, bw, device)
     (args.out / "bench_attention.md").write_text(text + "\n")
     print(text, flush=True)
-    for key in sweep:
-        spec = next((c for c in CASES if f"{c[0]}x{c[1]}" == key), None)
-        if spec is None or time.time() > deadline:
-            continue
-        try:
-            sweep_case(spec, log, deadline)
-        except Exception:
-            log(json.dumps({"sweep": key, "error": traceback.format_exc()[-800:]}))
     return 0
 
 

@@ -113,7 +113,7 @@ def run_hf(prompts, max_tokens: int, token_budget: int) -> dict:
             ids = torch.tensor([[2] * (width - len(p)) + p for p in ps])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ps])
             with torch.inference_mode():
-                out = model.generate(ids, attention_mask=mask, generation_config=gen)
+                model.generate(ids, attention_mask=mask, generation_config=gen)
             return [max_tokens] * len(ps)
 
     call(prompts[:2])  # warm-up

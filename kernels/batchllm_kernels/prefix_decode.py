@@ -11,6 +11,13 @@ weak case), the key range is cut into splits (split-K) that write partial (o, ls
 merged by a small second launch, or (merge_in_launch=True) by the last split of each tile to
 finish, found with an atomic counter. On an H100 the second launch measured faster (the
 in-launch merge costs the main loop registers), so it is the default.
+
+Tall tiles (many decodes per group) would walk each decode's own keys with every row of the
+tile; there the own segments run in `own_decode_kernel` instead (one small program per decode
+and kv head), on a side stream next to the prefix launch so that the memory-bound own work
+fills the multiprocessors the compute-bound prefix tiles leave, and their partial states join
+the merge. Programs are ordered kv head first, so one tile's heads (neighbouring cache bytes)
+run side by side. Launch settings were chosen from measurements (benchmarks/tune_decode.py).
 """
 
 from __future__ import annotations
@@ -23,13 +30,14 @@ import triton.language as tl
 
 from batchllm_kernels.metadata import AttentionMetadata
 from batchllm_kernels.triton_util import (
-    dot, find_tile, kv_tile_offsets, next_pow2, num_sms, online_softmax_step,
+    dot, find_tile, interpreting, kv_tile_offsets, next_pow2, num_sms, online_softmax_step,
 )
 
 _LOG2E = 1.4426950408889634
 _SCAN = 256  # groups examined per step of the in-kernel tile search
 _counters: dict[torch.device, torch.Tensor] = {}
-_retired: list[torch.Tensor] = []  # old counter buffers stay alive for captured CUDA graphs
+_retired: list[torch.Tensor] = []
+_streams: dict[torch.device, torch.cuda.Stream] = {}  # old counter buffers stay alive for captured CUDA graphs
 
 
 @triton.jit
@@ -81,9 +89,14 @@ def prefix_decode_kernel(
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, ITEMS: tl.constexpr, ITEMS_P2: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr,
     MERGE_IN_LAUNCH: tl.constexpr, SCAN: tl.constexpr, OWN_IN_TILE: tl.constexpr,
+    HEADS_FIRST: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    kv_head = tl.program_id(1)
+    if HEADS_FIRST:  # the kv heads of one tile run side by side (neighbouring cache bytes)
+        kv_head = tl.program_id(0)
+        tile = tl.program_id(1)
+    else:
+        tile = tl.program_id(0)
+        kv_head = tl.program_id(1)
     split = tl.program_id(2)
     g, tiles_before = find_tile(group_ptr_ptr, num_groups, tile, ITEMS, SCAN)
     if g < num_groups:
@@ -174,14 +187,18 @@ def own_decode_kernel(
     num_decodes, part_slot, num_kv_heads, sm_scale_log2,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_own_table,
     GQA_RATIO: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEADS_FIRST: tl.constexpr,
 ):
     """One decode's own segment for one kv head: its GQA_RATIO query rows only (padded to
     BLOCK_M), written as the partial state `part_slot` for the merge launch. Used when the
     prefix tiles hold several decodes, where walking each decode's own keys with the whole
     tile would multiply rows that must ignore them."""
-    item = tl.program_id(0)
-    kv_head = tl.program_id(1)
+    if HEADS_FIRST:
+        kv_head = tl.program_id(0)
+        item = tl.program_id(1)
+    else:
+        item = tl.program_id(0)
+        kv_head = tl.program_id(1)
     token = item.to(tl.int64)
     offs_m = tl.arange(0, BLOCK_M)
     row_valid = offs_m < GQA_RATIO
@@ -214,9 +231,9 @@ def decode_merge_kernel(
     part_o_ptr, part_lse_ptr, o_ptr, num_decodes, num_splits, stride_ot, stride_oh,
     NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """The separate merge launch (MERGE_IN_LAUNCH off): one program per decode token."""
+    """The separate merge launch (MERGE_IN_LAUNCH off): one program per (decode, BLOCK_H heads)."""
     token = tl.program_id(0).to(tl.int64)
-    heads = tl.arange(0, BLOCK_H)
+    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_D)
     hmask = heads < NUM_Q_HEADS
     d_mask = offs_d < HEAD_DIM
@@ -238,6 +255,25 @@ def _counter_buffer(device: torch.device, size: int) -> torch.Tensor:
     return buf
 
 
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per device for the own-segment launch (forked and joined in each call,
+    so a captured CUDA graph holds the two launches as parallel branches)."""
+    stream = _streams.get(device)
+    if stream is None:
+        stream = _streams[device] = torch.cuda.Stream(device)
+    return stream
+
+
+def own_segments_apart(block_m: int, gqa_ratio: int) -> bool:
+    """Whether the decodes' own segments run in own_decode_kernel instead of in their tile.
+
+    A tile walking its decodes' own segments multiplies block_m / max(16, gqa) times the rows
+    that count (16: tl.dot's minimum); own_decode_kernel takes each decode's GQA rows alone, as
+    one more partial state, on a side stream beside the prefix launch. On an H100 that paid at
+    8x (4x64, P=2000: 192 -> 159 us, then 115 us with the overlap) and lost at 4x (16x16)."""
+    return block_m // max(16, next_pow2(gqa_ratio)) >= 8
+
+
 def decode_launch_shape(num_decodes: int, num_groups: int, gqa_ratio: int, num_kv_heads: int,
                         max_kv_len: int, device: torch.device) -> tuple[int, int, int]:
     """(BLOCK_M, tile slots, splits) for a step, from host values only (no device sync).
@@ -245,8 +281,9 @@ def decode_launch_shape(num_decodes: int, num_groups: int, gqa_ratio: int, num_k
     BLOCK_M fits the average group's query rows (decodes x GQA ratio). The KV range is split
     (split-K) only when the tiles leave part of the GPU idle: then into as many splits as fill
     one wave. Long ranges with few waves are split too, to shorten the tail of the last wave.
-    Measured on an H100 (benchmarks/bench_attention.py): a second wave or a split that was not
-    needed costs more than the partial results' traffic.
+    Where own segments run apart, their launch fills the GPU beside the prefix tiles, and a
+    short range is not split. Measured on an H100 (benchmarks/tune_decode.py): a second wave or
+    a split that was not needed costs more than the partial results' traffic.
     """
     avg_rows = math.ceil(num_decodes * gqa_ratio / max(1, num_groups))
     block_m = min(max(next_pow2(avg_rows), 16, next_pow2(gqa_ratio)), max(128, next_pow2(gqa_ratio)))
@@ -258,13 +295,27 @@ def decode_launch_shape(num_decodes: int, num_groups: int, gqa_ratio: int, num_k
     # BLOCK_M 16, 2 up to 64 (4 warps), 1 at 128 (8 warps). Filling exactly one wave measured
     # best: 16 groups x 16 decodes, P=2000, S=200 took 219 us unsplit and 147 us in 2 splits.
     resident = num_sms(device) * (3 if block_m <= 16 else 2 if block_m <= 64 else 1)
-    if busy < resident:
+    if max_kv_len < 8192 and own_segments_apart(block_m, gqa_ratio):
+        splits = 1  # 4x64, P=2000: 130 us in 2 splits, 115 us in one
+    elif busy < resident:
         splits = resident // busy
     elif max_kv_len >= 8192 and busy < 3 * resident:
         splits = math.ceil(3 * resident / busy)
     else:
         splits = 1
     return block_m, slots, max(1, min(splits, max_kv_len // 512))
+
+
+def decode_block_n(block_m: int, splits: int, max_kv_len: int) -> int:
+    """Keys per tile, as measured best on an H100 (benchmarks/results/tune_decode_h100_run3.jsonl):
+    128 for 16-row tiles over short ranges (256x1: 800 -> 762 us, 64x4: 301 -> 259 us) and for
+    128-row tiles with few splits (4x64, 1x256: 460 -> 434 us); 64 for 32- and 64-row tiles
+    (16x16: 147 vs 180 us), for 16-row tiles over long ranges and for many short splits (1x64)."""
+    if block_m <= 16:
+        return 128 if max_kv_len < 8192 else 64
+    if block_m >= 128:
+        return 128 if splits < 4 else 64
+    return 64
 
 
 def prefix_decode_attention(
@@ -277,11 +328,14 @@ def prefix_decode_attention(
     *,
     num_splits: int | None = None,
     block_m: int | None = None,
-    block_n: int = 64,
+    block_n: int | None = None,
     merge_in_launch: bool = False,
     num_warps: int | None = None,
     num_stages: int = 3,
     separate_own: bool | None = None,
+    heads_first: bool = True,
+    overlap_own: bool | None = None,
+    merge_heads: int = 8,
 ) -> None:
     """Attention of the step's decode tokens (rows 0:num_decodes of q) into `out`, in place."""
     # q, out: [num_tokens, num_q_heads, head_dim]; caches: [num_blocks, block_size, kv_heads, dim]
@@ -302,12 +356,8 @@ def prefix_decode_attention(
     if items < 1:
         raise ValueError(f"block_m {block_m} is smaller than the GQA ratio {gqa}")
     slots = max(1, min(num_decodes, num_groups + num_decodes // items))
-    # A tile walking its decodes' own segments multiplies block_m / max(16, gqa) times the rows
-    # that count (16: tl.dot's minimum). own_decode_kernel instead takes each decode's GQA rows
-    # alone, as one more partial state, at the price of a launch and the merge. On an H100 that
-    # paid at 8x (4x64, P=2000: 192 -> 159 us) and lost at 4x (16x16: 147 -> 162 us).
-    waste = block_m // max(16, next_pow2(gqa))
-    own_apart = separate_own if separate_own is not None else waste >= 8
+    block_n = block_n or decode_block_n(block_m, splits, meta.max_kv_len)
+    own_apart = separate_own if separate_own is not None else own_segments_apart(block_m, gqa)
     states = splits + 1 if own_apart else splits
     merge_in_launch = merge_in_launch and not own_apart
     if states > 1:
@@ -317,34 +367,56 @@ def prefix_decode_attention(
     else:
         part_o = part_lse = out  # unused
     counters = _counter_buffer(q.device, slots * num_kv_heads) if splits > 1 and merge_in_launch else out
-    prefix_decode_kernel[(slots, num_kv_heads, splits)](
-        q, k_cache, v_cache, out, part_o, part_lse, counters,
-        meta.decode_group_ptr, meta.decode_group_shared, meta.own_ctx_lens, meta.own_block_tables,
-        meta.shared_lens, meta.shared_block_tables,
-        num_groups, num_decodes, splits, num_kv_heads, scale * _LOG2E,
-        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        meta.own_block_tables.stride(0), meta.shared_block_tables.stride(0),
-        GQA_RATIO=gqa, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim),
-        BLOCK_M=block_m, ITEMS=items, ITEMS_P2=max(16, next_pow2(items)), BLOCK_N=block_n,
-        BLOCK_SIZE=meta.block_size, SPLIT=states > 1, MERGE_IN_LAUNCH=merge_in_launch, SCAN=_SCAN,
-        OWN_IN_TILE=not own_apart,
-        # 4 warps (one warpgroup) up to 64 rows; 128 rows need 8 to stay in registers.
-        num_warps=num_warps or (8 if block_m >= 128 else 4), num_stages=num_stages,
-    )
-    if own_apart:
-        own_decode_kernel[(num_decodes, num_kv_heads)](
+
+    def launch_prefix() -> None:
+        grid = (num_kv_heads, slots, splits) if heads_first else (slots, num_kv_heads, splits)
+        prefix_decode_kernel[grid](
+            q, k_cache, v_cache, out, part_o, part_lse, counters,
+            meta.decode_group_ptr, meta.decode_group_shared, meta.own_ctx_lens, meta.own_block_tables,
+            meta.shared_lens, meta.shared_block_tables,
+            num_groups, num_decodes, splits, num_kv_heads, scale * _LOG2E,
+            q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            meta.own_block_tables.stride(0), meta.shared_block_tables.stride(0),
+            GQA_RATIO=gqa, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim),
+            BLOCK_M=block_m, ITEMS=items, ITEMS_P2=max(16, next_pow2(items)), BLOCK_N=block_n,
+            BLOCK_SIZE=meta.block_size, SPLIT=states > 1, MERGE_IN_LAUNCH=merge_in_launch, SCAN=_SCAN,
+            OWN_IN_TILE=not own_apart, HEADS_FIRST=heads_first,
+            # 4 warps (one warpgroup) up to 64 rows; 128 rows need 8 to stay in registers.
+            num_warps=num_warps or (8 if block_m >= 128 else 4), num_stages=num_stages,
+        )
+
+    def launch_own() -> None:
+        grid = (num_kv_heads, num_decodes) if heads_first else (num_decodes, num_kv_heads)
+        own_decode_kernel[grid](
             q, k_cache, v_cache, part_o, part_lse, meta.own_ctx_lens, meta.own_block_tables,
             num_decodes, splits, num_kv_heads, scale * _LOG2E,
             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             meta.own_block_tables.stride(0),
             GQA_RATIO=gqa, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim),
             BLOCK_M=max(16, next_pow2(gqa)), BLOCK_N=block_n, BLOCK_SIZE=meta.block_size,
-            num_warps=4, num_stages=num_stages,
+            HEADS_FIRST=heads_first, num_warps=4, num_stages=num_stages,
         )
+
+    if overlap_own is None:
+        overlap_own = q.device.type == "cuda" and not interpreting()
+    if not own_apart:
+        launch_prefix()
+    elif not overlap_own:
+        launch_prefix()
+        launch_own()
+    else:  # own segments on a side stream, side by side with the prefix launch; the merge waits
+        main = torch.cuda.current_stream(q.device)
+        side = _side_stream(q.device)
+        side.wait_stream(main)
+        launch_prefix()
+        with torch.cuda.stream(side):
+            launch_own()
+        main.wait_stream(side)
     if states > 1 and not merge_in_launch:
-        decode_merge_kernel[(num_decodes,)](
+        block_h = min(merge_heads, next_pow2(num_q_heads))
+        decode_merge_kernel[(num_decodes, triton.cdiv(num_q_heads, block_h))](
             part_o, part_lse, out, num_decodes, states, out.stride(0), out.stride(1),
-            NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_H=next_pow2(num_q_heads),
+            NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_H=block_h,
             BLOCK_D=next_pow2(head_dim), num_warps=4,
         )

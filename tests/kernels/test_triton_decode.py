@@ -50,6 +50,10 @@ CPU_CASES = [
     ([(37, list(range(17))), (0, [12])], 1, 4, 64, BF16, 16, {"block_m": 64, "num_splits": 2}),
     ([(37, list(range(17)))], 1, 4, 64, BF16, 16, {"block_m": 64, "separate_own": False}),
     ([(21, [3, 40, 0, 8])], 2, 2, 64, FP16, 16, {"block_m": 32, "separate_own": True}),
+    # the other grid order (tiles fastest), and several heads per merge program
+    ([(37, [3, 20, 0]), (0, [5])], 2, 4, 64, BF16, 16, {"heads_first": False, "num_splits": 2}),
+    ([(37, list(range(17)))], 3, 2, 64, FP16, 16,
+     {"block_m": 64, "heads_first": False, "merge_heads": 4, "block_n": 32}),
 ]
 
 
@@ -110,6 +114,26 @@ def test_split_merge_is_stable_over_repeated_launches(merge_in_launch):
 
 
 @pytest.mark.gpu
+def test_own_segments_on_the_side_stream_replay_in_a_cuda_graph():
+    """Tall tiles: the own-segment launch runs on a side stream, forked and joined inside the
+    captured graph; the replay must see new queries and lengths and match the reference."""
+    items, shared_lens = decode_items([(2000, [190 + i % 20 for i in range(64)])] * 3)
+    step = make_step(items, shared_lens, num_kv_heads=8, gqa=4, head_dim=128)
+    scale = 128 ** -0.5
+    out = torch.empty_like(step.q)
+    prefix_decode_attention(step.q, step.k_cache, step.v_cache, step.meta, scale, out, overlap_own=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        prefix_decode_attention(step.q, step.k_cache, step.v_cache, step.meta, scale, out, overlap_own=True)
+    step.meta.own_ctx_lens.copy_(torch.clamp(step.meta.own_ctx_lens - 50, min=0))
+    step.q.copy_(torch.randn_like(step.q))
+    graph.replay()
+    torch.cuda.synchronize()
+    ref = reference.attention(step.q, step.k_cache, step.v_cache, step.meta, scale)
+    torch.testing.assert_close(out, ref, **tolerance(BF16))
+
+
+@pytest.mark.gpu
 def test_decode_replays_in_a_cuda_graph():
     """No host sync in the launch: a captured graph gives right results for new metadata values."""
     items, shared_lens = decode_items([(500, [40, 7, 90]), (0, [300]), (33, [5] * 6)])
@@ -137,6 +161,9 @@ def test_launch_shape_splits_only_when_tiles_leave_sms_idle():
     block_m, slots, splits = decode_launch_shape(1, 1, 4, 1, 32000, cpu)
     assert block_m == 16 and splits == 12  # one wave: 3 resident programs x 4 multiprocessors
     assert decode_launch_shape(1, 1, 4, 1, 300, cpu)[2] == 1  # too short to split
+    # Tall tiles whose own segments run apart: short ranges stay whole, long ones are split.
+    assert decode_launch_shape(64, 1, 4, 1, 2200, cpu)[:3:2] == (128, 1)  # 2 splits would fill the GPU
+    assert decode_launch_shape(64, 1, 4, 1, 16200, cpu)[2] > 1
     # Many tiles but a long range and less than 3 waves: split to shorten the tail.
     assert decode_launch_shape(8, 8, 4, 2, 16000, cpu)[2] == 3
     assert decode_launch_shape(8, 8, 16, 2, 100, cpu)[0] == 16  # block_m >= gqa ratio
