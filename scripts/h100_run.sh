@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session (the H100 device machine): offline install, the GPU tests and the full kernel
 # grid, then the decode-step and end-to-end benchmarks. Logs and JSON go to $OUT.
-#   OUT=results bash scripts/h100_run.sh [tests,decode,e2e]   (default: all three; one call is <= 10 min)
+#   OUT=results bash scripts/h100_run.sh [tests,attention,decode,e2e]   (default: tests,decode,e2e;
+#   one device call is <= 10 min, so split them over calls)
 set -u -o pipefail
 OUT=${OUT:-results}
 WHAT=${1:-tests,decode,e2e}
@@ -22,6 +23,9 @@ if [[ $WHAT == *tests* ]]; then
   # TESTS: pytest targets (default: every kernel test, the model and engine parity tests)
   timeout 300 python3 -m pytest -q -s -p no:cacheprovider ${TESTS:-tests/kernels tests/unit/test_model_hf_parity.py \
     tests/e2e/test_gpu_parity.py} 2>&1 | tail -60 | tee "$OUT/gpu_tests.log" || status=1
+fi
+if [[ $WHAT == *attention* ]]; then
+  timeout 300 python3 benchmarks/bench_attention.py --out "$OUT/attention" 2>&1 | grep -v -i warn | tail -40 | tee "$OUT/attention.log" || status=1
 fi
 if [[ $WHAT == *decode* ]]; then
   timeout 240 python3 benchmarks/bench_decode_step.py --out "$OUT/decode_step.json" 2>&1 | tail -20 | tee "$OUT/decode_step.log" || status=1
