@@ -91,6 +91,8 @@ def main() -> int:
     ap.add_argument("--cases", default="4x64,1x64,16x16,4x16,256x1,64x1")
     ap.add_argument("--layouts", default="token,head")
     ap.add_argument("--budget-s", type=float, default=420)
+    ap.add_argument("--variants", default="",
+                    help='JSON {name: launch kwargs} to time instead of the built-in grid')
     ap.add_argument("--split", action="store_true", help="GPU time per kernel for every variant")
     ap.add_argument("--prefill", action="store_true", help="also sweep the prefill kernel's tiles")
     args = ap.parse_args()
@@ -118,7 +120,7 @@ def main() -> int:
                     sd, _ = case.sdpa()
                     row["sdpa_graph"] = round(graph_us(sd), 1)
                     row["sdpa_eager"] = round(_time_us(sd), 1)
-                todo = variants(case)
+                todo = {"default": {}, **json.loads(args.variants)} if args.variants else variants(case)
                 for key, launch in todo.items():
                     if time.time() > deadline:
                         row["stopped"] = "budget"
