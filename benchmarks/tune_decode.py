@@ -54,12 +54,13 @@ def variants(case: Case) -> dict[str, dict]:
     return v
 
 
-PREFILL_SWEEP = [(bm, bn, w, st) for bm, bn, w in [(64, 64, 4), (128, 64, 8), (128, 128, 8), (64, 128, 4),
-                                                  (128, 32, 4), (128, 64, 4)]
-                 for st in (2, 3, 4)]
+PREFILL_SWEEP = {f"bm{bm}/bn{bn}/w{w}/st{st}": {"block_m": bm, "block_n": bn, "num_warps": w, "num_stages": st}
+                 for bm, bn, w in [(64, 64, 4), (128, 64, 8), (128, 128, 8), (64, 128, 4), (128, 32, 4),
+                                   (128, 64, 4)]
+                 for st in (2, 3, 4)}
 
 
-def prefill_sweep(log, deadline: float) -> None:
+def prefill_sweep(log, deadline: float, sweep: dict[str, dict]) -> None:
     from batchllm_kernels.prefill import prefill_attention
 
     for items, prefix in PREFILL_CASES:
@@ -67,14 +68,12 @@ def prefill_sweep(log, deadline: float) -> None:
         out = torch.empty_like(q)
         row = {"prefill": f"{len(items)}x{items[0][0]} after {prefix}"}
         ref = None
-        for bm, bn, w, st in PREFILL_SWEEP:
+        for key, launch in sweep.items():
             if time.time() > deadline:
                 row["stopped"] = "budget"
                 break
-            key = f"bm{bm}/bn{bn}/w{w}/st{st}"
             try:
-                fn = lambda: prefill_attention(q, kc, vc, meta, DIM ** -0.5, out, block_m=bm,  # noqa: E731
-                                               block_n=bn, num_warps=w, num_stages=st)
+                fn = lambda: prefill_attention(q, kc, vc, meta, DIM ** -0.5, out, **launch)  # noqa: E731
                 row[key] = round(graph_us(fn), 1)
                 if ref is None:
                     ref = out.float().clone()
@@ -95,6 +94,8 @@ def main() -> int:
                     help='JSON {name: launch kwargs} to time instead of the built-in grid')
     ap.add_argument("--split", action="store_true", help="GPU time per kernel for every variant")
     ap.add_argument("--prefill", action="store_true", help="also sweep the prefill kernel's tiles")
+    ap.add_argument("--prefill-variants", default="",
+                    help="JSON {name: launch kwargs} for the prefill sweep instead of its tile grid")
     args = ap.parse_args()
     deadline = time.time() + args.budget_s
     want = args.cases.split(",")
@@ -139,7 +140,8 @@ def main() -> int:
                 del case
                 torch.cuda.empty_cache()
         if args.prefill:
-            prefill_sweep(log, deadline + 120)
+            sweep = json.loads(args.prefill_variants) if args.prefill_variants else PREFILL_SWEEP
+            prefill_sweep(log, deadline + 120, sweep)
     return 0
 
 

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from batchllm_kernels.metadata import AttentionMetadata
-from batchllm_kernels.triton_util import dot, find_tile, kv_tile_offsets, next_pow2, online_softmax_step
+from batchllm_kernels.triton_util import attend_kv_tile, find_tile, needs_wide_offsets, next_pow2
 
 _LOG2E = 1.4426950408889634
 _SCAN = 256
@@ -23,22 +23,24 @@ _SCAN = 256
 def _attend_range(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, lo, hi, row_pos, kv_head,
                   sm_scale_log2, stride_kb, stride_ks, stride_kh,
                   offs_n, offs_d, d_mask, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                  CAUSAL: tl.constexpr):
-    """Folds keys lo:hi of one paged sequence into the running state (causal: key <= row_pos)."""
-    for start in range(lo, hi, BLOCK_N):
+                  CAUSAL: tl.constexpr, FAST: tl.constexpr, WIDE: tl.constexpr):
+    """Folds keys lo:hi of one paged sequence into the running state (causal: key <= row_pos).
+    FAST: whole tiles of a non-causal range skip every mask."""
+    full_end = lo + (hi - lo) // BLOCK_N * BLOCK_N if FAST and not CAUSAL else lo
+    for start in range(lo, full_end, BLOCK_N):
+        pos = start + offs_n
+        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, pos, pos < hi,
+                                       None, kv_head, sm_scale_log2, stride_kb, stride_ks, stride_kh,
+                                       offs_d, d_mask, BLOCK_SIZE, False, WIDE)
+    for start in range(full_end, hi, BLOCK_N):
         pos = start + offs_n
         pos_mask = pos < hi
-        offs = kv_tile_offsets(table, pos, pos_mask, kv_head, stride_kb, stride_ks, stride_kh,
-                               offs_d, BLOCK_SIZE)
-        kv_mask = pos_mask[:, None] & d_mask[None, :]
-        k = tl.load(k_cache_ptr + offs, mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + offs, mask=kv_mask, other=0.0)
-        qk = dot(q, tl.trans(k)) * sm_scale_log2
         visible = pos_mask[None, :]
         if CAUSAL:
             visible = visible & (pos[None, :] <= row_pos[:, None])
-        qk = tl.where(visible, qk, float("-inf"))
-        acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, qk, v)
+        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, pos, pos_mask,
+                                       visible, kv_head, sm_scale_log2, stride_kb, stride_ks, stride_kh,
+                                       offs_d, d_mask, BLOCK_SIZE, True, WIDE)
     return acc, m_i, l_i
 
 
@@ -52,6 +54,7 @@ def prefill_attention_kernel(
     stride_own_table, stride_shared_table,
     GQA_RATIO: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, SCAN: tl.constexpr,
+    FAST: tl.constexpr, WIDE: tl.constexpr,
 ):
     tile = tl.program_id(0)
     q_head = tl.program_id(1)
@@ -83,7 +86,7 @@ def prefill_attention_kernel(
         acc, m_i, l_i = _attend_range(
             acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, shared_table, 0, shared_len, row_pos,
             kv_head, sm_scale_log2, stride_kb, stride_ks, stride_kh,
-            offs_n, offs_d, d_mask, BLOCK_N, BLOCK_SIZE, False)
+            offs_n, offs_d, d_mask, BLOCK_N, BLOCK_SIZE, False, FAST, WIDE)
 
         own_table = own_tables_ptr + item.to(tl.int64) * stride_own_table
         full_end = ctx + tile_start  # every query of the tile sees the keys before this
@@ -91,11 +94,11 @@ def prefill_attention_kernel(
         acc, m_i, l_i = _attend_range(
             acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, own_table, 0, full_end, row_pos,
             kv_head, sm_scale_log2, stride_kb, stride_ks, stride_kh,
-            offs_n, offs_d, d_mask, BLOCK_N, BLOCK_SIZE, False)
+            offs_n, offs_d, d_mask, BLOCK_N, BLOCK_SIZE, False, FAST, WIDE)
         acc, m_i, l_i = _attend_range(
             acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, own_table, full_end, diag_end, row_pos,
             kv_head, sm_scale_log2, stride_kb, stride_ks, stride_kh,
-            offs_n, offs_d, d_mask, BLOCK_N, BLOCK_SIZE, True)
+            offs_n, offs_d, d_mask, BLOCK_N, BLOCK_SIZE, True, FAST, WIDE)
 
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         tl.store(o_ptr + token[:, None] * stride_ot + q_head * stride_oh + offs_d[None, :],
@@ -114,6 +117,8 @@ def prefill_attention(
     block_n: int = 64,
     num_warps: int = 4,
     num_stages: int = 2,
+    fast_tiles: bool = True,
+    wide_offsets: bool | None = None,
 ) -> None:
     """Attention of the step's prefill items (tokens after the decodes) into `out`, in place."""
     # q, out: [num_tokens, num_q_heads, head_dim]; caches: [num_blocks, block_size, kv_heads, dim]
@@ -137,5 +142,7 @@ def prefill_attention(
         meta.own_block_tables.stride(0), meta.shared_block_tables.stride(0),
         GQA_RATIO=num_q_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_SIZE=meta.block_size, SCAN=_SCAN,
+        FAST=fast_tiles and next_pow2(head_dim) == head_dim,
+        WIDE=wide_offsets if wide_offsets is not None else needs_wide_offsets(k_cache),
         num_warps=num_warps, num_stages=num_stages,
     )

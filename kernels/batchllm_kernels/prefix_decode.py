@@ -30,7 +30,7 @@ import triton.language as tl
 
 from batchllm_kernels.metadata import AttentionMetadata
 from batchllm_kernels.triton_util import (
-    dot, find_tile, interpreting, kv_tile_offsets, next_pow2, num_sms, online_softmax_step,
+    attend_kv_tile, find_tile, interpreting, needs_wide_offsets, next_pow2, num_sms,
 )
 
 _LOG2E = 1.4426950408889634
@@ -62,20 +62,6 @@ def _merge_splits(part_o_ptr, part_lse_ptr, token, q_head, row_mask, offs_d, d_m
     return acc / tl.where(w > 0, w, 1.0)[:, None]
 
 
-@triton.jit
-def _attend_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, pos, pos_mask, row_mask, kv_head,
-                 sm_scale_log2, stride_kb, stride_ks, stride_kh, offs_d, d_mask, BLOCK_SIZE: tl.constexpr):
-    """One KV tile (positions `pos` of the paged sequence `table`) into the rows' running state;
-    rows outside `row_mask` and positions outside `pos_mask` do not see it."""
-    offs = kv_tile_offsets(table, pos, pos_mask, kv_head, stride_kb, stride_ks, stride_kh, offs_d, BLOCK_SIZE)
-    kv_mask = pos_mask[:, None] & d_mask[None, :]
-    k = tl.load(k_cache_ptr + offs, mask=kv_mask, other=0.0)
-    v = tl.load(v_cache_ptr + offs, mask=kv_mask, other=0.0)
-    qk = dot(q, tl.trans(k)) * sm_scale_log2
-    qk = tl.where(row_mask[:, None] & pos_mask[None, :], qk, float("-inf"))
-    return online_softmax_step(acc, m_i, l_i, qk, v)
-
-
 @triton.jit(do_not_specialize=["num_groups", "num_decodes", "num_splits", "num_kv_heads",
                                "stride_own_table", "stride_shared_table"])
 def prefix_decode_kernel(
@@ -89,7 +75,7 @@ def prefix_decode_kernel(
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, ITEMS: tl.constexpr, ITEMS_P2: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr,
     MERGE_IN_LAUNCH: tl.constexpr, SCAN: tl.constexpr, OWN_IN_TILE: tl.constexpr,
-    HEADS_FIRST: tl.constexpr,
+    HEADS_FIRST: tl.constexpr, FAST: tl.constexpr, WIDE: tl.constexpr,
 ):
     if HEADS_FIRST:  # the kv heads of one tile run side by side (neighbouring cache bytes)
         kv_head = tl.program_id(0)
@@ -137,11 +123,19 @@ def prefix_decode_kernel(
         t_lo = split * per_split
         t_hi = tl.minimum(total, t_lo + per_split)
         offs_n = tl.arange(0, BLOCK_N)
-        for t in range(t_lo, tl.minimum(t_hi, prefix_tiles)):
+        # Prefix tiles inside the prefix take the unmasked path; the last, partial one does not.
+        full_tiles = shared_len // BLOCK_N if FAST else 0
+        for t in range(t_lo, tl.minimum(t_hi, full_tiles)):
             pos = t * BLOCK_N + offs_n
-            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, shared_table, pos,
-                                         pos < shared_len, offs_m >= 0, kv_head, sm_scale_log2,
-                                         stride_kb, stride_ks, stride_kh, offs_d, d_mask, BLOCK_SIZE)
+            acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, shared_table, pos,
+                                           pos < shared_len, None, kv_head, sm_scale_log2, stride_kb,
+                                           stride_ks, stride_kh, offs_d, d_mask, BLOCK_SIZE, False, WIDE)
+        for t in range(tl.maximum(t_lo, full_tiles), tl.minimum(t_hi, prefix_tiles)):
+            pos = t * BLOCK_N + offs_n
+            pos_mask = pos < shared_len
+            acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, shared_table, pos,
+                                           pos_mask, pos_mask[None, :], kv_head, sm_scale_log2, stride_kb,
+                                           stride_ks, stride_kh, offs_d, d_mask, BLOCK_SIZE, True, WIDE)
 
         # Own segments: one flat loop over (decode j, own tile) so that loads pipeline across
         # decodes; a tile of decode j updates only decode j's rows.
@@ -150,10 +144,11 @@ def prefix_decode_kernel(
             item = first + j
             pos = (f - j * own_tiles) * BLOCK_N + offs_n
             own_table = own_tables_ptr + item.to(tl.int64) * stride_own_table
-            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, own_table, pos,
-                                         pos < tl.load(own_ctx_ptr + item) + 1, row_item == j, kv_head,
-                                         sm_scale_log2, stride_kb, stride_ks, stride_kh, offs_d, d_mask,
-                                         BLOCK_SIZE)
+            pos_mask = pos < tl.load(own_ctx_ptr + item) + 1
+            acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, own_table, pos,
+                                           pos_mask, (row_item == j)[:, None] & pos_mask[None, :], kv_head,
+                                           sm_scale_log2, stride_kb, stride_ks, stride_kh, offs_d, d_mask,
+                                           BLOCK_SIZE, True, WIDE)
 
         out_mask = row_valid[:, None] & d_mask[None, :]
         if SPLIT:
@@ -187,7 +182,8 @@ def own_decode_kernel(
     num_decodes, part_slot, num_kv_heads, sm_scale_log2,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_own_table,
     GQA_RATIO: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEADS_FIRST: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEADS_FIRST: tl.constexpr, FAST: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """One decode's own segment for one kv head: its GQA_RATIO query rows only (padded to
     BLOCK_M), written as the partial state `part_slot` for the merge launch. Used when the
@@ -213,11 +209,18 @@ def own_decode_kernel(
     own_len = tl.load(own_ctx_ptr + item) + 1  # cached context + the new token
     table = own_tables_ptr + token * stride_own_table
     offs_n = tl.arange(0, BLOCK_N)
-    for t in range(0, tl.cdiv(own_len, BLOCK_N)):
+    full_tiles = own_len // BLOCK_N if FAST else 0  # padding rows (q = 0) need no mask
+    for t in range(0, full_tiles):
         pos = t * BLOCK_N + offs_n
-        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, pos, pos < own_len,
-                                     row_valid, kv_head, sm_scale_log2, stride_kb, stride_ks, stride_kh,
-                                     offs_d, d_mask, BLOCK_SIZE)
+        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, pos, pos < own_len,
+                                       None, kv_head, sm_scale_log2, stride_kb, stride_ks, stride_kh,
+                                       offs_d, d_mask, BLOCK_SIZE, False, WIDE)
+    for t in range(full_tiles, tl.cdiv(own_len, BLOCK_N)):
+        pos = t * BLOCK_N + offs_n
+        pos_mask = pos < own_len
+        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, pos, pos_mask,
+                                       pos_mask[None, :], kv_head, sm_scale_log2, stride_kb, stride_ks,
+                                       stride_kh, offs_d, d_mask, BLOCK_SIZE, True, WIDE)
     lse = m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0))
     part = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     row = (part_slot * num_decodes + token) * (num_kv_heads * GQA_RATIO) + q_head
@@ -336,6 +339,8 @@ def prefix_decode_attention(
     heads_first: bool = True,
     overlap_own: bool | None = None,
     merge_heads: int = 8,
+    fast_tiles: bool = True,
+    wide_offsets: bool | None = None,
 ) -> None:
     """Attention of the step's decode tokens (rows 0:num_decodes of q) into `out`, in place."""
     # q, out: [num_tokens, num_q_heads, head_dim]; caches: [num_blocks, block_size, kv_heads, dim]
@@ -358,6 +363,8 @@ def prefix_decode_attention(
     slots = max(1, min(num_decodes, num_groups + num_decodes // items))
     block_n = block_n or decode_block_n(block_m, splits, meta.max_kv_len)
     own_apart = separate_own if separate_own is not None else own_segments_apart(block_m, gqa)
+    fast = fast_tiles and next_pow2(head_dim) == head_dim
+    wide = wide_offsets if wide_offsets is not None else needs_wide_offsets(k_cache)
     states = splits + 1 if own_apart else splits
     merge_in_launch = merge_in_launch and not own_apart
     if states > 1:
@@ -381,7 +388,7 @@ def prefix_decode_attention(
             GQA_RATIO=gqa, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim),
             BLOCK_M=block_m, ITEMS=items, ITEMS_P2=max(16, next_pow2(items)), BLOCK_N=block_n,
             BLOCK_SIZE=meta.block_size, SPLIT=states > 1, MERGE_IN_LAUNCH=merge_in_launch, SCAN=_SCAN,
-            OWN_IN_TILE=not own_apart, HEADS_FIRST=heads_first,
+            OWN_IN_TILE=not own_apart, HEADS_FIRST=heads_first, FAST=fast, WIDE=wide,
             # 4 warps (one warpgroup) up to 64 rows; 128 rows need 8 to stay in registers.
             num_warps=num_warps or (8 if block_m >= 128 else 4), num_stages=num_stages,
         )
@@ -395,7 +402,7 @@ def prefix_decode_attention(
             meta.own_block_tables.stride(0),
             GQA_RATIO=gqa, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim),
             BLOCK_M=max(16, next_pow2(gqa)), BLOCK_N=block_n, BLOCK_SIZE=meta.block_size,
-            HEADS_FIRST=heads_first, num_warps=4, num_stages=num_stages,
+            HEADS_FIRST=heads_first, FAST=fast, WIDE=wide, num_warps=4, num_stages=num_stages,
         )
 
     if overlap_own is None:

@@ -27,6 +27,11 @@ def num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def needs_wide_offsets(cache: torch.Tensor) -> bool:
+    """Whether element offsets into `cache` can pass 2**31 - 1 (then kernels compute them in int64)."""
+    return sum((n - 1) * st for n, st in zip(cache.shape, cache.stride())) >= 2**31 - 1
+
+
 # Triton's interpreter multiplies bfloat16 tiles wrongly (triton 3.9): there, products run in
 # float32 on the already-rounded operands, which is what the GPU's tensor cores compute too.
 _DOT_IN_F32 = tl.constexpr(interpreting())
@@ -69,15 +74,46 @@ def find_tile(ptr_ptr, num_entries, tile, PER_TILE: tl.constexpr, SCAN: tl.const
 
 @triton.jit
 def kv_tile_offsets(table_row_ptr, pos, pos_mask, kv_head, stride_b, stride_s, stride_h, offs_d,
-                    BLOCK_SIZE: tl.constexpr):
+                    BLOCK_SIZE: tl.constexpr, MASKED: tl.constexpr, WIDE: tl.constexpr):
     """Element offsets [BLOCK_N, BLOCK_D] of token positions `pos` of one paged sequence.
 
     K and V caches share one layout, so one set of offsets (and one block-table read) serves both.
+    MASKED=False: every position is in range (no mask on the block-table read). WIDE: int64
+    offsets, needed once a cache has 2**31 elements; int32 ones cost fewer instructions.
     """
-    blk = tl.load(table_row_ptr + pos // BLOCK_SIZE, mask=pos_mask, other=0).to(tl.int64)
-    # int64 offsets: a large cache has more than 2**31 elements.
-    row = blk * stride_b + (pos % BLOCK_SIZE).to(tl.int64) * stride_s + kv_head.to(tl.int64) * stride_h
+    if MASKED:
+        blk = tl.load(table_row_ptr + pos // BLOCK_SIZE, mask=pos_mask, other=0)
+    else:
+        blk = tl.load(table_row_ptr + pos // BLOCK_SIZE)
+    if WIDE:
+        row = (blk.to(tl.int64) * stride_b + (pos % BLOCK_SIZE).to(tl.int64) * stride_s
+               + kv_head.to(tl.int64) * stride_h)
+    else:
+        row = blk * stride_b + (pos % BLOCK_SIZE) * stride_s + kv_head * stride_h
     return row[:, None] + offs_d[None, :]
+
+
+@triton.jit
+def attend_kv_tile(acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table, pos, pos_mask, visible, kv_head,
+                   sm_scale_log2, stride_kb, stride_ks, stride_kh, offs_d, d_mask,
+                   BLOCK_SIZE: tl.constexpr, MASKED: tl.constexpr, WIDE: tl.constexpr):
+    """Folds one KV tile (positions `pos` of the paged sequence `table`) into the rows' running
+    state. MASKED: keys outside `pos_mask` are not read and scores outside `visible` ([M, N] or
+    broadcastable) are hidden. MASKED=False is the fast path for a tile whose keys all exist and
+    are all seen by every row, with head_dim == BLOCK_D: no masks at all."""
+    offs = kv_tile_offsets(table, pos, pos_mask, kv_head, stride_kb, stride_ks, stride_kh, offs_d,
+                           BLOCK_SIZE, MASKED, WIDE)
+    if MASKED:
+        kv_mask = pos_mask[:, None] & d_mask[None, :]
+        k = tl.load(k_cache_ptr + offs, mask=kv_mask, other=0.0)
+        v = tl.load(v_cache_ptr + offs, mask=kv_mask, other=0.0)
+        qk = dot(q, tl.trans(k)) * sm_scale_log2
+        qk = tl.where(visible, qk, float("-inf"))
+    else:
+        k = tl.load(k_cache_ptr + offs)
+        v = tl.load(v_cache_ptr + offs)
+        qk = dot(q, tl.trans(k)) * sm_scale_log2
+    return online_softmax_step(acc, m_i, l_i, qk, v)
 
 
 @triton.jit

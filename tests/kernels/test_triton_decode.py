@@ -54,6 +54,11 @@ CPU_CASES = [
     ([(37, [3, 20, 0]), (0, [5])], 2, 4, 64, BF16, 16, {"heads_first": False, "num_splits": 2}),
     ([(37, list(range(17)))], 3, 2, 64, FP16, 16,
      {"block_m": 64, "heads_first": False, "merge_heads": 4, "block_n": 32}),
+    # whole prefix and own tiles on the unmasked path (then a partial one), int64 and int32 offsets
+    ([(100, [3, 70, 1]), (64, [31])], 1, 4, 64, BF16, 16, {"block_n": 32, "wide_offsets": True}),
+    ([(100, [3, 70, 1]), (64, [31])], 1, 4, 64, BF16, 16,
+     {"block_n": 16, "separate_own": True, "wide_offsets": False, "num_splits": 2}),
+    ([(100, [3, 70, 1])], 1, 4, 64, FP16, 16, {"block_n": 32, "fast_tiles": False}),
 ]
 
 
@@ -177,3 +182,14 @@ def test_in_launch_merge_leaves_its_counters_at_zero():
                      block_m=16, num_splits=3, merge_in_launch=True)
     counters = prefix_decode._counters[step.q.device]
     assert int(counters.abs().sum()) == 0
+
+
+def test_wide_offsets_only_when_an_offset_can_pass_int32():
+    from batchllm_kernels.triton_util import needs_wide_offsets
+
+    small = torch.empty((4, 16, 8, 128), dtype=torch.bfloat16)
+    assert not needs_wide_offsets(small)
+    # 2**17 blocks of 16 x 8 x 128 elements: the last offset is 2**31 - 1 (no memory on "meta")
+    big = torch.empty((2**17, 16, 8, 128), dtype=torch.bfloat16, device="meta")
+    assert needs_wide_offsets(big)
+    assert not needs_wide_offsets(big[: 2**17 - 1])

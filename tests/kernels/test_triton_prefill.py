@@ -17,7 +17,7 @@ BF16, FP16 = torch.bfloat16, torch.float16
 
 
 def _check(items, shared_lens, *, num_kv_heads, gqa, head_dim, dtype=BF16, block_size=16, seed=0,
-           whole_step=False):
+           whole_step=False, **launch):
     step = make_step(items, shared_lens, num_kv_heads=num_kv_heads, gqa=gqa, head_dim=head_dim,
                      block_size=block_size, dtype=dtype, seed=seed)
     scale = head_dim ** -0.5
@@ -26,7 +26,7 @@ def _check(items, shared_lens, *, num_kv_heads, gqa, head_dim, dtype=BF16, block
         out = triton_ops.attention(step.q, step.k_cache, step.v_cache, step.meta, scale)
     else:
         out = torch.full_like(step.q, float("nan"))
-        prefill_attention(step.q, step.k_cache, step.v_cache, step.meta, scale, out)
+        prefill_attention(step.q, step.k_cache, step.v_cache, step.meta, scale, out, **launch)
         first = step.meta.num_decodes  # decode rows are the decode kernel's
         out, ref = out[first:], ref[first:]
     torch.testing.assert_close(out, ref, **tolerance(dtype))
@@ -46,6 +46,15 @@ def test_prefill_small_grid(case):
     items, shared_lens, kv_heads, gqa, head_dim, dtype, block_size = CPU_CASES[case]
     _check(items, shared_lens, num_kv_heads=kv_heads, gqa=gqa, head_dim=head_dim, dtype=dtype,
            block_size=block_size)
+
+
+@pytest.mark.parametrize("launch", [{"wide_offsets": True, "block_n": 32}, {"fast_tiles": False},
+                                    {"wide_offsets": False, "block_m": 32, "block_n": 16}])
+def test_prefill_launch_variants(launch):
+    """Unmasked whole tiles and int32 offsets (the defaults on small caches) against their
+    alternatives: masks on every tile, int64 offsets."""
+    items = [Item(70, 0), Item(40, 0, 0), Item(33, 50, 0)]
+    _check(items, [100], num_kv_heads=2, gqa=2, head_dim=64, **launch)
 
 
 def test_mixed_step_decodes_then_prefills():
