@@ -118,40 +118,29 @@ def test_split_merge_is_stable_over_repeated_launches(merge_in_launch):
         assert torch.equal(out, first)
 
 
-@pytest.mark.gpu
-def test_own_segments_on_the_side_stream_replay_in_a_cuda_graph():
-    """Tall tiles: the own-segment launch runs on a side stream, forked and joined inside the
-    captured graph; the replay must see new queries and lengths and match the reference."""
-    items, shared_lens = decode_items([(2000, [190 + i % 20 for i in range(64)])] * 3)
-    step = make_step(items, shared_lens, num_kv_heads=8, gqa=4, head_dim=128)
-    scale = 128 ** -0.5
-    out = torch.empty_like(step.q)
-    prefix_decode_attention(step.q, step.k_cache, step.v_cache, step.meta, scale, out, overlap_own=True)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        prefix_decode_attention(step.q, step.k_cache, step.v_cache, step.meta, scale, out, overlap_own=True)
-    step.meta.own_ctx_lens.copy_(torch.clamp(step.meta.own_ctx_lens - 50, min=0))
-    step.q.copy_(torch.randn_like(step.q))
-    graph.replay()
-    torch.cuda.synchronize()
-    ref = reference.attention(step.q, step.k_cache, step.v_cache, step.meta, scale)
-    torch.testing.assert_close(out, ref, **tolerance(BF16))
+# (groups, tokens cut from every own context before the replay, launch settings)
+GRAPH_CASES = [
+    ([(500, [40, 7, 90]), (0, [300]), (33, [5] * 6)], 3, {"num_splits": 3}),  # split-K, merge launch
+    # tall tiles: the own-segment launch on a side stream, forked and joined inside the graph
+    ([(2000, [190 + i % 20 for i in range(64)])] * 3, 50, {"overlap_own": True}),
+]
 
 
 @pytest.mark.gpu
-def test_decode_replays_in_a_cuda_graph():
+@pytest.mark.parametrize("case", range(len(GRAPH_CASES)))
+def test_decode_replays_in_a_cuda_graph(case):
     """No host sync in the launch: a captured graph gives right results for new metadata values."""
-    items, shared_lens = decode_items([(500, [40, 7, 90]), (0, [300]), (33, [5] * 6)])
+    groups, cut, launch = GRAPH_CASES[case]
+    items, shared_lens = decode_items(groups)
     step = make_step(items, shared_lens, num_kv_heads=8, gqa=4, head_dim=128)
     scale = 128 ** -0.5
     out = torch.empty_like(step.q)
-    launch = dict(num_splits=3)
     prefix_decode_attention(step.q, step.k_cache, step.v_cache, step.meta, scale, out, **launch)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         prefix_decode_attention(step.q, step.k_cache, step.v_cache, step.meta, scale, out, **launch)
     # New contents, same shapes: shorter own contexts and fresh queries.
-    step.meta.own_ctx_lens.copy_(torch.clamp(step.meta.own_ctx_lens - 3, min=0))
+    step.meta.own_ctx_lens.copy_(torch.clamp(step.meta.own_ctx_lens - cut, min=0))
     step.q.copy_(torch.randn_like(step.q))
     graph.replay()
     torch.cuda.synchronize()
