@@ -3,6 +3,7 @@ output already holds; the same answers in memory and spilled to partition files.
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -101,3 +102,29 @@ def test_spill_files_are_removed_on_close(tmp_path, monkeypatch) -> None:
         assert len(spill_dirs) == 1 and any(spill_dirs[0].iterdir())
         assert duplicates(keys) == ([], 0) and key_of("k99", 0) in keys
     assert not spill_dirs[0].exists() and len(keys) == 0
+
+
+def test_a_spill_removes_folders_of_processes_that_are_gone(tmp_path, monkeypatch) -> None:
+    """kill -9 skips close(): the next process that spills removes the dead owner's folder and
+    leaves a running owner's folder (and anything not named like a spill folder) alone."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from batchllm_cli.io.index import SPILL_PREFIX
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = tmp_path / f"{SPILL_PREFIX}{gone.stdout.strip()}-abc"
+    live = tmp_path / f"{SPILL_PREFIX}{os.getppid()}-def"
+    other = tmp_path / f"{SPILL_PREFIX}notapid-x"
+    for folder in (dead, live, other):
+        folder.mkdir()
+        (folder / "0").write_bytes(b"x" * 20)
+    with _filled(KeySet(memory_entries=3), ["a", "b", "c", "d"]) as keys:
+        assert keys.spilled
+        mine = [p for p in tmp_path.iterdir() if p.name.startswith(f"{SPILL_PREFIX}{os.getpid()}-")]
+        assert len(mine) == 1
+        assert not dead.exists() and live.exists() and other.exists()
+    assert not mine[0].exists()  # close() removes its own folder

@@ -5,13 +5,15 @@ could not be read. Each key is kept as a 128-bit BLAKE2 digest (collisions are o
 any job size) with the input line it came from: 20 bytes an entry. Up to MEMORY_ENTRIES entries
 stay in memory; beyond that they are spilled to NUM_PARTITIONS temporary files, split by
 digest, so that checking a million-line job holds one partition at a time (about 1/64 of its
-keys) instead of all of them. Two sets are compared partition by partition (the same digest
+keys) instead of all of them. A spill folder left by a killed process is removed by the next
+process that spills. Two sets are compared partition by partition (the same digest
 always lands in the same partition).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import struct
 import tempfile
@@ -25,6 +27,7 @@ NUM_PARTITIONS = 64  # a power of two: the partition is the digest's first byte,
 MEMORY_ENTRIES = 2**16  # kept in memory before spilling (1.3 MB): most jobs never spill
 BUFFER_BYTES = 16 * 2**10  # per-partition write buffer once spilled (64 x 16 KiB = 1 MiB)
 _MASK = NUM_PARTITIONS - 1
+SPILL_PREFIX = "batchllm-keys-"  # + owner pid + "-" + random: see remove_stale_spills
 _ENTRY = struct.Struct("<16sI")  # digest, 1-based line
 ENTRY_DTYPE = np.dtype([("hi", ">u8"), ("lo", ">u8"), ("line", "<u4")])  # 20 bytes, packed
 
@@ -89,7 +92,8 @@ class KeySet:
         return bool(np.any((part["hi"] == hi) & (part["lo"] == lo)))
 
     def _spill(self) -> None:
-        self._dir = Path(tempfile.mkdtemp(prefix="batchllm-keys-"))
+        remove_stale_spills()
+        self._dir = Path(tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-"))
         self._buffers = [bytearray() for _ in range(NUM_PARTITIONS)]
         entries = np.frombuffer(self._entries, dtype=ENTRY_DTYPE)
         parts = _partition_of(entries)
@@ -115,6 +119,30 @@ class KeySet:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def remove_stale_spills(root: Path | None = None) -> int:
+    """Removes spill folders left by batchllm processes that no longer run (a kill -9 skips
+    close()); the folder name carries the owner's pid. Returns how many were removed."""
+    root = Path(root or tempfile.gettempdir())
+    removed = 0
+    for path in root.glob(f"{SPILL_PREFIX}*-*"):
+        pid_text = path.name[len(SPILL_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or not path.is_dir() or _alive(int(pid_text)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: alive, not ours to judge
+        return True
+    return True
 
 
 def _partition_of(entries: np.ndarray) -> np.ndarray:
