@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from batchllm_kernels import reference
-from batchllm_kernels.prefix_decode import decode_launch_shape, prefix_decode_attention
+from batchllm_kernels.decode_launch import decode_launch_shape
+from batchllm_kernels.prefix_decode import prefix_decode_attention
 from triton_cases import decode_items, make_step, tolerance
 
 BF16, FP16 = torch.bfloat16, torch.float16

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from batchllm_kernels.metadata import AttentionMetadata
-from batchllm_kernels.prefix_decode import decode_launch_shape
+from batchllm_kernels.decode_launch import decode_launch_shape
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512)
 MAX_GRAPHS = 48  # keys beyond this run eagerly (each graph holds its own launch records)
