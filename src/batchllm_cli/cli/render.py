@@ -14,11 +14,17 @@ if TYPE_CHECKING:
     from batchllm_cli.planner.stats import LengthSummary
 
 
-def job_summary_table(s: "JobSummary") -> Table:
-    """The final table of `batchllm run`."""
-    t = Table(title=f"batchllm run → {s.output_path}", show_header=False, title_justify="left")
+def _facts_table(title: str) -> Table:
+    """A two-column table of named figures (name in bold, value right-aligned)."""
+    t = Table(title=title, show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column(justify="right")
+    return t
+
+
+def job_summary_table(s: "JobSummary") -> Table:
+    """The final table of `batchllm run`."""
+    t = _facts_table(f"batchllm run → {s.output_path}")
     t.add_row("input lines", f"{s.lines:,}")
     if s.resumed:
         t.add_row("already in the output (resumed)", f"{s.resumed:,}")
@@ -38,9 +44,7 @@ def job_summary_table(s: "JobSummary") -> Table:
 def plan_report(report: "PlanReport", top: int) -> Group:
     """The tables of `batchllm plan`."""
     s = report.plan.stats
-    t = Table(title=f"Prefix-sharing plan ({report.model_name})", show_header=False, title_justify="left")
-    t.add_column(style="bold")
-    t.add_column(justify="right")
+    t = _facts_table(f"Prefix-sharing plan ({report.model_name})")
     t.add_row("requests", f"{s.num_requests:,}")
     if report.bad_lines:
         t.add_row("bad lines (not planned)", f"{report.bad_lines:,}")
