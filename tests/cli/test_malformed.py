@@ -141,6 +141,18 @@ def test_unknown_model_is_one_clear_line(tmp_path: Path) -> None:
     _one_line_error(_batchllm("run", str(src), "-o", str(tmp_path / "o.jsonl"), "--model", "no-such-model"), 4, "no-such-model")
 
 
+@pytest.mark.parametrize("device, words", [("cuda:x", ["cuda[:N]"]), ("tpu", ["cpu or cuda"]), ("cuda", ["cuda", "--device cpu"])])
+def test_a_device_this_machine_cannot_use_is_one_clear_line(tmp_path: Path, device: str, words: list[str]) -> None:
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    src, out = tmp_path / "one.jsonl", tmp_path / "o.jsonl"
+    src.write_text('{"id":"a","prompt":"x"}\n')
+    _one_line_error(_batchllm("run", str(src), "-o", str(out), "--device", device), 5, *words)
+    assert not out.exists()  # refused before anything was written
+
+
 def test_missing_plan_file_names_the_command_that_makes_one(tmp_path: Path) -> None:
     src = tmp_path / "one.jsonl"
     src.write_text('{"id":"a","prompt":"x"}\n')

@@ -69,9 +69,27 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str) -> None:
+    """ConfigError when `device` names a GPU this machine cannot use (before any work starts)."""
+    kind, _, index = device.partition(":")
+    if kind != "cuda":
+        return
+    import torch
+
+    if not index.isdigit() and index:
+        raise ConfigError(f"device must be cpu or cuda[:N], got {device!r}")
+    if not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ConfigError(f"cannot use device {device!r}: {why}; use --device cpu (or leave --device out)")
+    count = torch.cuda.device_count()
+    if index and int(index) >= count:
+        raise ConfigError(f"cannot use device {device!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+
+
 def load_engine_config(device: str | None = None, **overrides: Any) -> EngineConfig:
     """The defaults of configs/engine/default.toml for `device` (auto when None), then overrides."""
     device = device or default_device()
+    check_device(device)
     text = resources.files("batchllm_cli.configs").joinpath("engine/default.toml").read_text()
     table = tomllib.loads(text)
     values = {k: v for k, v in table.items() if k not in _DEVICE_TABLES}

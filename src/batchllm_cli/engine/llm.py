@@ -6,7 +6,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from batchllm_cli.engine.config import EngineConfig, load_engine_config
+from batchllm_cli.engine.config import EngineConfig, check_device, load_engine_config
 from batchllm_cli.engine.engine import ProgressFn, run_plan
 from batchllm_cli.engine.runner import ModelRunner, kv_pool_blocks
 from batchllm_cli.engine.stop import StopChecker
@@ -153,7 +153,9 @@ class LLM:
 def _engine_config(config: EngineConfig | None, overrides: dict[str, Any]) -> EngineConfig:
     if config is None:
         return load_engine_config(overrides.pop("device", None), **overrides)
-    return config.with_overrides(**overrides) if overrides else config
+    config = config.with_overrides(**overrides) if overrides else config
+    check_device(config.device)
+    return config
 
 
 def _per_prompt(params: SamplingParams | Sequence[SamplingParams] | None, n: int) -> list[SamplingParams]:
