@@ -82,6 +82,18 @@ def test_table_report_shows_the_saving(planned):
     assert "Top 2 groups" in result.stdout
 
 
+@pytest.mark.parametrize("text, words", [("", "no input lines"), ("not json\n[1]\n", "only bad lines (2)")])
+def test_nothing_to_plan_says_so_instead_of_an_empty_report(tmp_path, text, words):
+    src = tmp_path / "in.jsonl"
+    src.write_text(text)
+    result = _invoke("plan", str(src), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert f"{words}: nothing to plan" in " ".join(result.stderr.split())
+    assert "Sharing degree" not in result.stdout
+    doc = json.loads(_invoke("plan", str(src), "--device", "cpu", "--format", "json").stdout)
+    assert doc["num_requests"] == 0  # scripts still get the (empty) report
+
+
 def test_no_prefix_sharing_plans_every_prompt_alone():
     result = _invoke("plan", str(SAMPLE), "--no-prefix-sharing", "--format", "json", "--device", "cpu")
     assert result.exit_code == 0, result.output

@@ -53,6 +53,10 @@ def plan(
 
             typer.echo(orjson.dumps(report_dict(report, top), option=orjson.OPT_INDENT_2).decode())
             return
+        if report.plan.stats.num_requests == 0:
+            what = f"only bad lines ({report.bad_lines})" if report.bad_lines else "no input lines"
+            Console(stderr=True).print(f"[yellow]warning:[/] {input} has {what}: nothing to plan", highlight=False)
+            return
         from batchllm_cli.cli.render import plan_report
 
         console.print(plan_report(report, top))
