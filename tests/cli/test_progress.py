@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from batchllm_cli.cli import backend as backend_module
 from batchllm_cli.cli.app import app
-from batchllm_cli.cli.progress import LogReporter, RichReporter, make_reporter
+from batchllm_cli.cli.progress import Eta, LogReporter, RichReporter, make_reporter
 from batchllm_cli.io.echo import EchoBackend
 from batchllm_cli.io.job import JobProgress
 
@@ -48,6 +48,31 @@ def test_rich_reporter_shows_requests_rate_eta_and_saving() -> None:
     for part in ("running", "4/10 requests", "40.0 tok/s", "ETA 0:00:08", "prefix saved 80 (80%)"):
         assert part in shown, part
     assert "None" not in shown
+
+
+def test_eta_follows_the_recent_pace() -> None:
+    eta = Eta(window_s=30.0)
+    # Steady: 1 request/s for 60 s of 100 -> 40 s left, whatever the window.
+    for t in range(0, 61, 10):
+        shown = eta(_progress(t, total=100, elapsed=float(t)))
+    assert shown == "0:00:40"
+    # Draining: 3 more requests in the next 30 s (0.1/s) -> 37 left take 370 s, not the
+    # 37 s that the whole-run average (63 in 90 s) would say.
+    for t, done in ((70, 61), (80, 62), (90, 63)):
+        shown = eta(_progress(done, total=100, elapsed=float(t)))
+    assert shown == "0:06:10"
+    # Nothing finished in the last window: unknown; all done: zero.
+    for t in (100, 110, 120):
+        shown = eta(_progress(63, total=100, elapsed=float(t)))
+    assert shown == "?"
+    assert eta(_progress(100, total=100, elapsed=130.0)) == "0:00:00"
+
+
+def test_eta_is_unknown_before_the_first_request_finishes() -> None:
+    eta = Eta()
+    assert eta(_progress(0, total=10, elapsed=0.0)) == "?"
+    assert eta(_progress(0, total=10, elapsed=5.0)) == "?"
+    assert eta(_progress(5, total=10, elapsed=10.0)) == "0:00:10"  # the run is shorter than a window
 
 
 def test_make_reporter_picks_by_terminal_and_quiet() -> None:
