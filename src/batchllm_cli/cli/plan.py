@@ -24,7 +24,7 @@ Use the same --model, --max-tokens and prefix options as the run the plan is for
 
 
 def plan(
-    input: Annotated[Path, typer.Argument(help="JSONL file, as for `batchllm run`.", show_default=False)],
+    input: Annotated[Path, typer.Argument(help="JSONL file, as for `batchllm run` (- reads standard input).", show_default=False)],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Preset, .gguf file or model directory (its tokenizer and context). Default: the embedded SmolLM2-135M.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full plan here, for `batchllm run --plan`.")] = None,
     max_tokens: Annotated[int, typer.Option(min=1, help="Default max_tokens of the run (orders groups, sizes KV).")] = 256,
@@ -45,7 +45,10 @@ def plan(
             from batchllm_cli.errors import ConfigError
 
             raise ConfigError(f"--format must be table or json, got {format!r}")
-        report = make_plan(input, model, max_tokens, not no_prefix_sharing, device)
+        from batchllm_cli.cli.stdio import input_file
+
+        with input_file(input) as (in_path, in_name):
+            report = make_plan(in_path, model, max_tokens, not no_prefix_sharing, device)
         if json_out is not None:
             _write_plan(json_out, report.plan.to_json())
         if format == "json":
@@ -55,7 +58,7 @@ def plan(
             return
         if report.plan.stats.num_requests == 0:
             what = f"only bad lines ({report.bad_lines})" if report.bad_lines else "no input lines"
-            Console(stderr=True).print(f"[yellow]warning:[/] {input} has {what}: nothing to plan", highlight=False)
+            Console(stderr=True).print(f"[yellow]warning:[/] {in_name} has {what}: nothing to plan", highlight=False)
             return
         from batchllm_cli.cli.render import plan_report
 

@@ -21,6 +21,8 @@ Examples:
 
   batchllm plan prompts.jsonl --json plan.json && batchllm run prompts.jsonl -o out.jsonl --plan plan.json
 
+  jq -c '{id, prompt: .question}' data.jsonl | batchllm run - -o - -q | jq -r .text
+
 Run the same command again after a crash or Ctrl-C: finished lines are kept and skipped.
 Exit codes: 0 all answered, 2 bad input, 3 output refused, 8 some lines failed (their error
 records are in the output), 130/143 interrupted (resumable).
@@ -28,8 +30,8 @@ records are in the output), 130/143 interrupted (resumable).
 
 
 def run(
-    input: Annotated[Path, typer.Argument(help="JSONL file: one prompt, chat or OpenAI batch line per line.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write one JSON result per input line.", show_default=False)],
+    input: Annotated[Path, typer.Argument(help="JSONL file: one prompt, chat or OpenAI batch line per line; - reads standard input.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write one JSON result per input line; - writes them to standard output (no resume).", show_default=False)],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Preset name (see `batchllm models`), .gguf file or model directory. Default: the embedded SmolLM2-135M.")] = None,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most new tokens per request (a line's max_tokens wins).")] = 256,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy (deterministic); a line's temperature wins.")] = 0.0,
@@ -55,10 +57,12 @@ def run(
         from batchllm_cli.cli.backend import EngineBackend
         from batchllm_cli.cli.progress import make_reporter
         from batchllm_cli.cli.render import job_summary_table
+        from batchllm_cli.cli.stdio import input_file
         from batchllm_cli.engine.config import load_engine_config
         from batchllm_cli.errors import PlanError
         from batchllm_cli.io.fingerprint import JobFingerprint
         from batchllm_cli.io.job import JobOptions, run_job
+        from batchllm_cli.io.writer import STDIO
         from batchllm_cli.types import SamplingParams
 
         defaults = SamplingParams(max_tokens, temperature, top_p, top_k, None, tuple(stop or ()))
@@ -69,29 +73,31 @@ def run(
             "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k,
             "seed": seed, "stop": list(defaults.stop), "dtype": config.dtype,
         }
-        fingerprint = JobFingerprint.make(input, model_key(model), settings)
-        opts = JobOptions(input, output, fingerprint, strict=strict, overwrite=overwrite)
-        with make_reporter(console, quiet) as reporter, _stop_on_signals() as stop_flag:
-            try:
-                summary = run_job(
-                    opts,
-                    lambda: EngineBackend(model, config, defaults, plan, on_phase=reporter.phase),
-                    reporter,
-                    should_stop=stop_flag.get,
-                )
-            except PlanError as exc:
-                fix = f"batchllm plan {input} --json {plan}"
-                same = "--model, --max-tokens and --no-prefix-sharing"
-                raise PlanError(f"{exc}\n  to plan this run: `{fix}` with the same {same}") from None
+        with input_file(input) as (in_path, in_name):
+            fingerprint = JobFingerprint.make(in_path, model_key(model), settings)
+            opts = JobOptions(in_path, output, fingerprint, strict=strict, overwrite=overwrite)
+            with make_reporter(console, quiet) as reporter, _stop_on_signals() as stop_flag:
+                try:
+                    summary = run_job(
+                        opts,
+                        lambda: EngineBackend(model, config, defaults, plan, on_phase=reporter.phase),
+                        reporter,
+                        should_stop=stop_flag.get,
+                    )
+                except PlanError as exc:
+                    fix = f"batchllm plan {input} --json {plan}"
+                    same = "--model, --max-tokens and --no-prefix-sharing"
+                    raise PlanError(f"{exc}\n  to plan this run: `{fix}` with the same {same}") from None
         if summary.lines == 0:
-            console.print(f"[yellow]warning:[/] {input} has no input lines: nothing to do", highlight=False)
+            console.print(f"[yellow]warning:[/] {in_name} has no input lines: nothing to do", highlight=False)
             return
         if not quiet:
             console.print(job_summary_table(summary))
         if summary.bad_lines:
+            where = "went to standard output" if output == STDIO else f"are in {output}"
             console.print(
                 f"[yellow]{summary.bad_lines} input line(s) could not run: their error records "
-                f"are in {output}[/]", highlight=False,
+                f"{where}[/]", highlight=False,
             )
             raise typer.Exit(EXIT_LINES_FAILED)
 

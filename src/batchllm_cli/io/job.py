@@ -21,7 +21,7 @@ from batchllm_cli.io.fingerprint import JobFingerprint
 from batchllm_cli.io.formats import completion_record, error_record
 from batchllm_cli.io.index import KeySet, LineSet, duplicates, key_of, lines_in
 from batchllm_cli.io.reader import BadLine, InputRecord, Kind, read_ids, read_input
-from batchllm_cli.io.writer import OutputWriter, ResumeState, inspect_output
+from batchllm_cli.io.writer import STDIO, OutputWriter, ResumeState, StreamWriter, inspect_output
 from batchllm_cli.types import Completion
 
 MAX_DUPLICATES = 50  # duplicate pairs named in one error message
@@ -125,10 +125,13 @@ class JobInterrupted(BatchLLMError):
         self.summary = summary
         self.exit_code = 143 if signal_name == "SIGTERM" else 130
         done = summary.resumed + summary.completed + summary.errors
-        super().__init__(
-            f"stopped by {signal_name}: {done} finished records are in {summary.output_path}; "
-            "run the same command again to resume"
-        )
+        if summary.output_path == STDIO:
+            super().__init__(f"stopped by {signal_name}: {done} finished records went to standard output")
+        else:
+            super().__init__(
+                f"stopped by {signal_name}: {done} finished records are in {summary.output_path}; "
+                "run the same command again to resume"
+            )
 
 
 def run_job(
@@ -141,8 +144,12 @@ def run_job(
     the backend raises) with the output left resumable."""
     rep = reporter or SilentReporter()
     summary = JobSummary(output_path=opts.output_path)
-    _check_paths(opts)
-    state = inspect_output(opts.output_path, opts.fingerprint, opts.overwrite)
+    to_stdout = opts.output_path == STDIO
+    if to_stdout:
+        state = ResumeState("fresh")
+    else:
+        _check_paths(opts)
+        state = inspect_output(opts.output_path, opts.fingerprint, opts.overwrite)
     rep.phase("checking the input")
     with state.done:
         pending_lines, done_lines = _check_input(opts, summary, state)
@@ -158,7 +165,8 @@ def run_job(
             summary.interrupted = name
             raise JobInterrupted(name, _finish(summary))
 
-    with OutputWriter(opts.output_path, state, opts.fingerprint) as writer:
+    writer_cm = StreamWriter() if to_stdout else OutputWriter(opts.output_path, state, opts.fingerprint)
+    with writer_cm as writer:
         tag = opts.fingerprint.tag
         counter = _PendingCounter()
         pairs = _pending(opts.input_path, done_lines, writer, tag, summary, counter)
@@ -254,7 +262,8 @@ class _PendingCounter:
 
 
 def _pending(
-    path: Path, done_lines: LineSet, writer: OutputWriter, tag: str, summary: JobSummary, counter: _PendingCounter
+    path: Path, done_lines: LineSet, writer: OutputWriter | StreamWriter, tag: str, summary: JobSummary,
+    counter: _PendingCounter,
 ) -> Iterator[tuple[InputRecord, bool]]:
     """Pass 2: (good record, already done) pairs; bad lines get their error record on the way."""
     for rec in read_input(path):

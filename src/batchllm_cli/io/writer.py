@@ -22,6 +22,7 @@ from batchllm_cli.io.formats import dumps_line, record_key
 from batchllm_cli.io.index import KeySet
 
 SIDECAR_SUFFIX = ".batchllm.json"
+STDIO = Path("-")  # an input or output path of "-": standard input / standard output
 # An output line holds one request's text (at most a context of tokens): 64 MiB is far above it.
 MAX_OUTPUT_LINE_BYTES = 64 * 2**20
 FSYNC_EVERY_S = 5.0  # bounds what a power cut can take; a killed process loses nothing written
@@ -165,3 +166,33 @@ class OutputWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close(complete=False)
+
+
+class StreamWriter:
+    """Writes output records to standard output (`-o -`), one whole line each, for pipelines:
+    no sidecar and no resume (a stream cannot be read back); the same interface as OutputWriter."""
+
+    def __init__(self, fd: int = 1) -> None:
+        self._fd = fd
+        self.path = STDIO
+        self.records = 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        rest = memoryview(dumps_line(record))
+        try:
+            while rest:
+                rest = rest[os.write(self._fd, rest) :]
+        except BrokenPipeError:
+            raise OutputError("standard output was closed before the job finished (the reader went away)") from None
+        except OSError as exc:
+            raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from None
+        self.records += 1
+
+    def close(self, complete: bool) -> None:
+        pass  # nothing to sync or mark: the reader has every line already
+
+    def __enter__(self) -> "StreamWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
