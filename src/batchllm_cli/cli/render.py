@@ -24,7 +24,8 @@ def _facts_table(title: str) -> Table:
 
 def job_summary_table(s: "JobSummary") -> Table:
     """The final table of `batchllm run`."""
-    t = _facts_table(f"batchllm run → {s.output_path}")
+    where = "standard output" if str(s.output_path) == "-" else s.output_path
+    t = _facts_table(f"batchllm run → {where}")
     t.add_row("input lines", f"{s.lines:,}")
     if s.resumed:
         t.add_row("already in the output (resumed)", f"{s.resumed:,}")
