@@ -126,7 +126,7 @@ class Case:
         return run, out
 
 
-def _time_us(fn) -> float:
+def eager_us(fn) -> float:
     """Eager timing: the host launches every kernel of each call."""
     fn()
     torch.cuda.synchronize()
@@ -149,14 +149,14 @@ def time_us(fn) -> tuple[float, str]:
         return graph_us(fn), "graph"
     except Exception:  # noqa: BLE001 - e.g. a compiled peer that refuses capture
         torch.cuda.synchronize()
-        return _time_us(fn), "eager"
+        return eager_us(fn), "eager"
 
 
 def copy_bandwidth() -> float:
     """Device-to-device copy, counting bytes read and written (GB/s)."""
     x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
-    us = _time_us(lambda: y.copy_(x))
+    us = eager_us(lambda: y.copy_(x))
     return 2 * x.numel() / us / 1e3
 
 

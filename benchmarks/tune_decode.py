@@ -4,6 +4,7 @@ Times each variant as a CUDA graph replay (no host launch gaps: what the engine'
 run), and splits the default launch into its kernels with the profiler.
 
     python benchmarks/tune_decode.py --out results.jsonl [--cases 4x64,1x64] [--budget-s 400]
+        [--variants '{"name": {"block_n": 128}}'] [--split] [--prefill]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_attention import (  # noqa: E402
-    CASES, DIM, PREFILL_CASES, Case, _time_us, copy_bandwidth, graph_us, prefill_step,
+    CASES, DIM, PREFILL_CASES, Case, eager_us, copy_bandwidth, graph_us, prefill_step,
 )
 
 
@@ -88,7 +89,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--cases", default="4x64,1x64,16x16,4x16,256x1,64x1")
-    ap.add_argument("--layouts", default="token,head")
+    ap.add_argument("--layouts", default="token", help="cache layouts: token and/or head (see bench_attention.Case)")
     ap.add_argument("--budget-s", type=float, default=420)
     ap.add_argument("--variants", default="",
                     help='JSON {name: launch kwargs} to time instead of the built-in grid')
@@ -111,16 +112,15 @@ def main() -> int:
             for name in want:
                 g, d, p, s = specs[name]
                 case = Case(g, d, p, s, "cuda", layout=layout)
-                ref = None
                 row = {"case": name, "P": p, "layout": layout, "unique_MB": round(case.unique_bytes / 1e6, 1)}
                 fn, out = case.ours()
-                row["eager_default"] = round(_time_us(fn), 1)
+                row["eager_default"] = round(eager_us(fn), 1)
                 row["split_default"] = kernel_split(fn)
                 ref = out.float().clone()
                 if layout == "token" and d == 1:
                     sd, _ = case.sdpa()
                     row["sdpa_graph"] = round(graph_us(sd), 1)
-                    row["sdpa_eager"] = round(_time_us(sd), 1)
+                    row["sdpa_eager"] = round(eager_us(sd), 1)
                 todo = {"default": {}, **json.loads(args.variants)} if args.variants else variants(case)
                 for key, launch in todo.items():
                     if time.time() > deadline:
