@@ -77,6 +77,18 @@ def test_done_records_are_skipped_or_kept_for_a_plan() -> None:
     assert list(kept.pending) == [1, 0, 1, 0, 1]
 
 
+def test_progress_after_each_batch_counts_lines_and_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    import batchllm_cli.cli.backend as backend
+
+    monkeypatch.setattr(backend, "TOKENIZE_BATCH", 4)
+    seen: list[tuple[int, int]] = []
+    records = [(_plain(i, "a b c"), False) for i in range(1, 11)]
+    tok = tokenize_records(iter(records), WordTokenizer(), 64, DEFAULTS, job_seed=5, keep_done=False,
+                           on_batch=lambda lines, tokens: seen.append((lines, tokens)))
+    assert seen == [(4, 12), (8, 24), (10, 30)]  # two whole batches, then the rest
+    assert len(tok.requests) == 10
+
+
 def _job(done: set[int]) -> Any:
     """Three prompts on each of two shared 20-word prefixes; lines in `done` are finished."""
     prefixes = [" ".join(["alpha"] * 20), " ".join(["beta"] * 20)]
@@ -108,3 +120,15 @@ def test_restrict_plan_keeps_the_order_of_what_is_left() -> None:
     alone = [g for g in sub.groups if len(g.members) == 1]
     assert alone and all(g.prefix_len == 0 for g in alone)  # one member shares with nobody
     check_groups(sub.groups, requests)  # the cut plan keeps the Plan invariants
+
+
+def test_tokenizing_progress_speaks_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    import batchllm_cli.cli.backend as backend
+
+    clock = iter([0.0, 3.0, 11.0, 12.0, 25.0])  # creation, then one reading per call
+    monkeypatch.setattr(backend.time, "monotonic", lambda: next(clock))
+    said: list[str] = []
+    on_batch = backend.tokenizing_progress(said.append, every_s=10.0)
+    for lines in (512, 1024, 1536, 2048):
+        on_batch(lines, lines * 100)
+    assert said == ["tokenizing: 1,024 lines, 102,400 prompt tokens", "tokenizing: 2,048 lines, 204,800 prompt tokens"]

@@ -7,6 +7,7 @@ the engine for io.echo.EchoBackend.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -19,6 +20,7 @@ from batchllm_cli.types import Completion, Request, SamplingParams
 
 KINDS: tuple[Kind, ...] = ("plain", "chat", "openai_chat", "openai_completion")
 TOKENIZE_BATCH = 512  # prompts per call of the fast tokenizer (it runs a batch in parallel)
+PHASE_EVERY_S = 10.0  # seconds between progress reports of a long tokenizing phase
 
 
 def request_seed(job_seed: int, line: int) -> int:
@@ -44,23 +46,46 @@ def tokenize_records(
     defaults: SamplingParams,
     job_seed: int,
     keep_done: bool,
+    on_batch: Callable[[int, int], None] = lambda lines, tokens: None,
 ) -> Tokenized:
     """Requests of (record, done) pairs; done records are tokenized only when `keep_done`
-    (a saved plan names requests by their index in the whole job)."""
+    (a saved plan names requests by their index in the whole job). `on_batch(lines, tokens)`
+    after each batch: the lines and prompt tokens so far (progress on a long input)."""
     out = Tokenized([], bytearray(), bytearray(), [])
     batch: list[tuple[InputRecord, bool]] = []
+    lines = tokens = 0
     for rec, done in records:
         if done and not keep_done:
             continue
         batch.append((rec, done))
         if len(batch) >= TOKENIZE_BATCH:
-            _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, out)
+            tokens += _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, out)
+            lines += len(batch)
+            on_batch(lines, tokens)
             batch = []
-    _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, out)
+    tokens += _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, out)
+    on_batch(lines + len(batch), tokens)
     return out
 
 
-def _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, out: Tokenized) -> None:  # type: ignore[no-untyped-def]
+def tokenizing_progress(say: Callable[[str], None], every_s: float = PHASE_EVERY_S) -> Callable[[int, int], None]:
+    """An on_batch for tokenize_records that tells `say` how far a long input got, at most
+    once every `every_s` seconds (a short input says nothing)."""
+    last = time.monotonic()
+
+    def on_batch(lines: int, tokens: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= every_s:
+            last = now
+            say(f"tokenizing: {lines:,} lines, {tokens:,} prompt tokens")
+
+    return on_batch
+
+
+def _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, out: Tokenized) -> int:  # type: ignore[no-untyped-def]
+    """Tokenizes one batch into `out`; returns the prompt tokens of the requests it added."""
+    tokens = 0
     texts = [rec.prompt for rec, _ in batch if rec.prompt is not None]
     encoded = iter(tokenizer.encode_batch(texts))
     for rec, done in batch:
@@ -85,6 +110,8 @@ def _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, out: To
         out.requests.append(Request(len(out.requests), rec.id, np.asarray(ids, dtype=np.int32), params))
         out.kinds.append(KINDS.index(rec.kind))
         out.pending.append(0 if done else 1)
+        tokens += len(ids)
+    return tokens
 
 
 def _is_openai(rec: InputRecord) -> bool:
@@ -150,7 +177,7 @@ class EngineBackend:
         self.on_phase("tokenizing")
         self._tokenized = tokenize_records(
             records, tokenizer, source.config.max_position, self.defaults, self.config.seed,
-            keep_done=self.plan_path is not None,
+            keep_done=self.plan_path is not None, on_batch=tokenizing_progress(self.on_phase),
         )
         if self._plan is not None:
             self.on_phase("checking the plan")

@@ -87,7 +87,7 @@ class PlanReport:
 
 def make_plan(input: Path, model: str | None, max_tokens: int, sharing: bool, device: str | None) -> PlanReport:
     """Reads and tokenizes INPUT exactly as `batchllm run` does, and plans it."""
-    from batchllm_cli.cli.backend import tokenize_records
+    from batchllm_cli.cli.backend import tokenize_records, tokenizing_progress
     from batchllm_cli.engine.config import load_engine_config
     from batchllm_cli.engine.runner import kv_pool_blocks
     from batchllm_cli.engine.tokenizer import Tokenizer
@@ -110,7 +110,9 @@ def make_plan(input: Path, model: str | None, max_tokens: int, sharing: bool, de
                 yield rec, False
 
     defaults = SamplingParams(max_tokens=max_tokens)
-    tok = tokenize_records(good_records(), tokenizer, source.config.max_position, defaults, config.seed, keep_done=True)
+    progress = tokenizing_progress(lambda text: Console(stderr=True).print(text, highlight=False))
+    tok = tokenize_records(good_records(), tokenizer, source.config.max_position, defaults, config.seed,
+                           keep_done=True, on_batch=progress)
     settings = PlanSettings.from_engine(config, kv_pool_blocks(config, source.config))
     built = build_plan(tok.requests, settings)
     return PlanReport(built, tok.requests, bad + len(tok.rejected), tokenizer, source.name)
