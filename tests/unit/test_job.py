@@ -115,7 +115,11 @@ def test_bad_lines_become_error_records_and_good_lines_run_once(tmp_path: Path) 
             assert (r["line"], r["error"]["code"]) == MIXED_BAD[key]
             assert r["error"]["message"]
     assert (summary.lines, summary.bad_lines, summary.errors, summary.completed) == (12, 8, 8, 4)
-    assert sidecar(out)["complete"] is True
+    side = sidecar(out)
+    assert side["complete"] is True and side["records"] == 12
+    figures = side["last_run"]  # what the finishing run did, for scripts
+    assert (figures["lines"], figures["bad_lines"], figures["errors"], figures["completed"]) == (12, 8, 8, 4)
+    assert figures["output_tokens"] == summary.output_tokens and figures["wall_s"] >= 0
 
 
 def test_strict_lists_every_bad_line_and_writes_nothing(tmp_path: Path) -> None:

@@ -114,6 +114,13 @@ class JobSummary:
     def output_tokens_per_s(self) -> float:
         return self.output_tokens / self.engine_s if self.engine_s > 0 else 0.0
 
+    def figures(self) -> dict[str, Any]:
+        """What this run did, as JSON-ready numbers (the sidecar's "last_run")."""
+        keys = ("lines", "bad_lines", "resumed", "requests", "completed", "errors", "prompt_tokens",
+                "output_tokens", "prefix_tokens_saved")
+        return {**{k: getattr(self, k) for k in keys}, "engine_s": round(self.engine_s, 3),
+                "wall_s": round(self.wall_s, 3)}
+
 
 class JobInterrupted(BatchLLMError):
     """The job stopped on a signal; finished records are in the output and it can resume."""
@@ -202,8 +209,8 @@ def run_job(
             pass
         summary.requests = counter.good - rejected_count
         stop_check()
-        writer.close(complete=True)
-    return _finish(summary)
+        writer.close(complete=True, last_run=_finish(summary).figures())
+    return summary
 
 
 def _finish(summary: JobSummary) -> JobSummary:

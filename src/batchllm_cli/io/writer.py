@@ -138,8 +138,9 @@ class OutputWriter:
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
-    def close(self, complete: bool) -> None:
-        """Syncs the file; marks the sidecar complete when the job finished."""
+    def close(self, complete: bool, last_run: dict[str, Any] | None = None) -> None:
+        """Syncs the file; marks the sidecar complete when the job finished, with the figures
+        of the run that finished it (`last_run`), for scripts."""
         if self._fd < 0:
             return
         try:
@@ -149,11 +150,13 @@ class OutputWriter:
         os.close(self._fd)
         self._fd = -1
         if complete:
-            self._write_sidecar(complete=True)
+            self._write_sidecar(complete=True, last_run=last_run)
 
-    def _write_sidecar(self, complete: bool) -> None:
+    def _write_sidecar(self, complete: bool, last_run: dict[str, Any] | None = None) -> None:
         side = sidecar_path(self.path)
         doc = {**self.fingerprint.to_dict(), "complete": complete, "records": self.records}
+        if last_run is not None:
+            doc["last_run"] = last_run
         tmp = side.with_name(side.name + ".tmp")
         try:
             tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
@@ -188,7 +191,7 @@ class StreamWriter:
             raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from None
         self.records += 1
 
-    def close(self, complete: bool) -> None:
+    def close(self, complete: bool, last_run: dict[str, Any] | None = None) -> None:
         pass  # nothing to sync or mark: the reader has every line already
 
     def __enter__(self) -> "StreamWriter":
