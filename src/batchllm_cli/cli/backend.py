@@ -162,6 +162,7 @@ class EngineBackend:
         self.on_phase = on_phase
         self.model_name = "unknown"
         self._tokenized: Tokenized | None = None
+        self._tokenizer: Any = None  # handed to the engine: loaded once
         self._plan: Any = None  # the Plan read from plan_path
 
     def prepare(self, records: Iterator[tuple[InputRecord, bool]]) -> list[BadLine]:
@@ -173,7 +174,7 @@ class EngineBackend:
         self.on_phase("reading the model's configuration")
         source = resolve_model(self.model)
         self.model_name = source.name
-        tokenizer = Tokenizer.load(source.tokenizer_dir, source.tokenizer_gguf_file)
+        tokenizer = self._tokenizer = Tokenizer.load(source.tokenizer_dir, source.tokenizer_gguf_file)
         self.on_phase("tokenizing")
         self._tokenized = tokenize_records(
             records, tokenizer, source.config.max_position, self.defaults, self.config.seed,
@@ -190,7 +191,7 @@ class EngineBackend:
         assert self._tokenized is not None, "prepare() first"
         tok = self._tokenized
         self.on_phase("loading the model")
-        llm = LLM(self.model, config=self.config)
+        llm = LLM(self.model, config=self.config, tokenizer=self._tokenizer)
         if self._plan is not None:
             requests, plan = restrict_plan(self._plan, tok)
         else:

@@ -23,11 +23,13 @@ class LLM:
 
     model: None or "smollm2" (the embedded model), a preset name, a .gguf path or a directory
     with config.json + safetensors. config / overrides: EngineConfig fields (device, dtype,
-    token_budget, num_kv_blocks, ...).
+    token_budget, num_kv_blocks, ...). tokenizer: the model's Tokenizer when the caller has
+    loaded it already (the CLI tokenizes before loading the model).
     """
 
     def __init__(
-        self, model: str | None = None, *, config: EngineConfig | None = None, **overrides: Any
+        self, model: str | None = None, *, config: EngineConfig | None = None,
+        tokenizer: Tokenizer | None = None, **overrides: Any,
     ) -> None:
         from batchllm_cli.models.loader import load_model, resolve_model
         from batchllm_kernels import get_ops
@@ -35,7 +37,7 @@ class LLM:
         config = _engine_config(config, overrides)
         source = resolve_model(model)
         loaded = load_model(source, config.dtype, config.device, get_ops(config.device))
-        self._setup(source, loaded, config)
+        self._setup(source, loaded, config, tokenizer)
 
     @classmethod
     def from_loaded(
@@ -47,12 +49,12 @@ class LLM:
         llm._setup(source, model, _engine_config(config, overrides))
         return llm
 
-    def _setup(self, source: Any, model: Any, config: EngineConfig) -> None:
+    def _setup(self, source: Any, model: Any, config: EngineConfig, tokenizer: Tokenizer | None = None) -> None:
         self.config = config
         self.source = source
         self.model = model
         self.model_config = model.config
-        self.tokenizer = _load_tokenizer(source)
+        self.tokenizer = tokenizer or _load_tokenizer(source)
         if self.tokenizer.vocab_size > self.model_config.vocab_size:
             raise ModelError(
                 f"the tokenizer of {source.name} has {self.tokenizer.vocab_size} tokens but the model "
