@@ -130,18 +130,7 @@ def check_plan(plan: Any, tokenized: Tokenized, config: Any) -> None:
 def restrict_plan(plan: Any, tokenized: Tokenized) -> tuple[list[Request], Any]:
     """The pending requests (re-indexed 0..m-1) and `plan` (checked by check_plan) cut down to
     them, in the same order: what a resumed run with --plan executes."""
-    from batchllm_cli.planner.plan import Plan, PrefixGroup, input_fingerprint
-
-    new_index = np.cumsum(np.frombuffer(bytes(tokenized.pending), dtype=np.uint8), dtype=np.int64) - 1
-    keep = tokenized.pending
-    groups = []
-    for g in plan.groups:
-        members = tuple(int(new_index[m]) for m in g.members if keep[m])
-        if members:
-            groups.append(PrefixGroup(g.prefix_len if len(members) > 1 else 0, members))
-    requests = [replace(r, index=int(new_index[r.index])) for r in tokenized.requests if keep[r.index]]
-    sub = Plan(plan.version, input_fingerprint(requests, plan.settings), tuple(groups), plan.settings, plan.stats)
-    return requests, sub
+    return plan.restrict(tokenized.requests, tokenized.pending)
 
 
 class EngineBackend:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -131,6 +131,20 @@ class Plan:
             raise PlanError(
                 f"not a batchllm plan file ({exc}): make it with `batchllm plan --json FILE`"
             ) from exc
+
+    def restrict(self, requests: Sequence[Request], keep: Sequence[bool]) -> tuple[list[Request], "Plan"]:
+        """The requests with keep[index] (re-indexed 0..m-1, in order) and this plan cut down to
+        them, group order kept; a group left with one member shares nothing."""
+        flags = np.asarray(keep, dtype=bool)
+        new_index = np.cumsum(flags, dtype=np.int64) - 1
+        groups = []
+        for g in self.groups:
+            members = tuple(int(new_index[m]) for m in g.members if flags[m])
+            if members:
+                groups.append(PrefixGroup(g.prefix_len if len(members) > 1 else 0, members))
+        kept = [replace(r, index=int(new_index[r.index])) for r in requests if flags[r.index]]
+        sub = Plan(self.version, input_fingerprint(kept, self.settings), tuple(groups), self.settings, self.stats)
+        return kept, sub
 
     def validate(self, requests: Sequence[Request], settings: PlanSettings | None = None) -> None:
         """Raises PlanError unless this plan belongs to `requests` (and `settings`, when given)."""
