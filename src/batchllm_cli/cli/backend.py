@@ -143,9 +143,11 @@ class EngineBackend:
         defaults: SamplingParams,
         plan_path: Path | None = None,
         on_phase: Callable[[str], None] = lambda text: None,
+        devices: list[str] | None = None,
     ) -> None:
         self.model = model
         self.config = config
+        self.devices = devices or [config.device]  # more than one: one engine per device
         self.defaults = defaults
         self.plan_path = plan_path
         self.on_phase = on_phase
@@ -175,10 +177,16 @@ class EngineBackend:
         return self._tokenized.rejected
 
     def run(self, on_progress: Callable[[Any], None]) -> Iterator[tuple[Kind, Completion]]:
-        from batchllm_cli.engine.llm import LLM
-
         assert self._tokenized is not None, "prepare() first"
         tok = self._tokenized
+        kinds = bytes(k for k, p in zip(tok.kinds, tok.pending) if p)
+        stream = self._stream(tok, on_progress) if len(self.devices) == 1 else self._stream_parallel(tok, on_progress)
+        for completion in stream:
+            yield KINDS[kinds[completion.index]], completion
+
+    def _stream(self, tok: Tokenized, on_progress: Callable[[Any], None]) -> Iterator[Completion]:
+        from batchllm_cli.engine.llm import LLM
+
         self.on_phase("loading the model")
         llm = LLM(self.model, config=self.config, tokenizer=self._tokenizer)
         if self._plan is not None:
@@ -187,11 +195,26 @@ class EngineBackend:
             requests = tok.requests
             self.on_phase("planning")
             plan = llm.plan(requests)
-        kinds = bytes(k for k, p in zip(tok.kinds, tok.pending) if p)
         self._tokenized = None  # the engine holds the requests from here
         self.on_phase("running")
-        for completion in llm.stream(requests, plan=plan, on_progress=on_progress):
-            yield KINDS[kinds[completion.index]], completion
+        return llm.stream(requests, plan=plan, on_progress=on_progress)
+
+    def _stream_parallel(self, tok: Tokenized, on_progress: Callable[[Any], None]) -> Iterator[Completion]:
+        """One engine per device, each in its own process (engine/parallel.py)."""
+        from batchllm_cli.engine.parallel import shard_plan, stream_parallel
+        from batchllm_cli.planner import PlanSettings, build_plan
+
+        if self._plan is not None:
+            requests, plan = restrict_plan(self._plan, tok)
+        else:
+            requests = tok.requests
+            self.on_phase("planning")
+            # groups depend on the prefix settings only, not on the pool size
+            plan = build_plan(requests, PlanSettings.from_engine(self.config, PlanSettings.num_kv_blocks))
+        shards = shard_plan(requests, plan, self.devices)
+        self._tokenized = None
+        self.on_phase(f"running on {len(shards)} devices ({', '.join(s.device for s in shards)})")
+        return stream_parallel(self.model, self.config, shards, on_progress)
 
 
 def read_plan(path: Path) -> Any:

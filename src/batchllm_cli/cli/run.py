@@ -44,7 +44,7 @@ def run(
     plan: Annotated[Optional[Path], typer.Option("--plan", help="Run a plan written by `batchllm plan --json` (checked against this input).")] = None,
     no_prefix_sharing: Annotated[bool, typer.Option("--no-prefix-sharing", help="Compute every prompt whole (to measure what sharing buys).")] = False,
     token_budget: Annotated[Optional[int], typer.Option(min=1, help="Tokens per engine step (default: configs/engine/default.toml for the device).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda[:N]; default: cuda when present.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda[:N]; default: cuda when present. A comma list (cuda:0,cuda:1) runs one engine per device, the prefix groups shared out between them.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary; errors only.")] = False,
 ) -> None:
     """Answer every prompt of INPUT into OUTPUT, sharing the prompts' common prefixes.
@@ -59,6 +59,7 @@ def run(
         from batchllm_cli.cli.render import job_summary_table
         from batchllm_cli.cli.stdio import input_file
         from batchllm_cli.engine.config import load_engine_config
+        from batchllm_cli.engine.parallel import parse_devices
         from batchllm_cli.errors import PlanError
         from batchllm_cli.io.fingerprint import JobFingerprint
         from batchllm_cli.io.job import JobOptions, run_job
@@ -66,8 +67,10 @@ def run(
         from batchllm_cli.types import SamplingParams
 
         defaults = SamplingParams(max_tokens, temperature, top_p, top_k, None, tuple(stop or ()))
+        devices = parse_devices(device) if device and "," in device else None
         config = load_engine_config(
-            device, token_budget=token_budget, prefix_sharing=not no_prefix_sharing, seed=seed
+            devices[0] if devices else device, token_budget=token_budget,
+            prefix_sharing=not no_prefix_sharing, seed=seed,
         )
         settings = {
             "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k,
@@ -80,7 +83,8 @@ def run(
                 try:
                     summary = run_job(
                         opts,
-                        lambda: EngineBackend(model, config, defaults, plan, on_phase=reporter.phase),
+                        lambda: EngineBackend(model, config, defaults, plan, on_phase=reporter.phase,
+                                              devices=devices),
                         reporter,
                         should_stop=stop_flag.get,
                     )
