@@ -50,6 +50,11 @@ class LLM:
         return llm
 
     def _setup(self, source: Any, model: Any, config: EngineConfig, tokenizer: Tokenizer | None = None) -> None:
+        if config.is_cuda:
+            import torch
+
+            # Triton launches on the current device, not the tensors' one: cuda:1 must be current.
+            torch.cuda.set_device(torch.device(config.device))
         self.config = config
         self.source = source
         self.model = model
