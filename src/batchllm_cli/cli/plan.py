@@ -29,7 +29,7 @@ def plan(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full plan here, for `batchllm run --plan`.")] = None,
     max_tokens: Annotated[int, typer.Option(min=1, help="Default max_tokens of the run (orders groups, sizes KV).")] = 256,
     no_prefix_sharing: Annotated[bool, typer.Option("--no-prefix-sharing", help="Plan every prompt alone (the baseline).")] = False,
-    device: Annotated[Optional[str], typer.Option(help="Device whose KV pool the memory estimate uses; default: cuda when present.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Device whose KV pool the memory estimate uses (of a list, the first); default: cuda when present.")] = None,
     top: Annotated[int, typer.Option(min=0, help="How many of the biggest groups to show.")] = 10,
     format: Annotated[str, typer.Option("--format", help="table (for people) or json (the report on stdout, for scripts).")] = "table",
 ) -> None:
@@ -96,6 +96,10 @@ def make_plan(input: Path, model: str | None, max_tokens: int, sharing: bool, de
     from batchllm_cli.planner import PlanSettings, build_plan
     from batchllm_cli.types import SamplingParams
 
+    if device and "," in device:  # run's data-parallel list: the first device sizes the estimate
+        from batchllm_cli.engine.parallel import parse_devices
+
+        device = parse_devices(device)[0]
     config = load_engine_config(device, prefix_sharing=sharing)
     source = resolve_model(model)
     tokenizer = Tokenizer.load(source.tokenizer_dir, source.tokenizer_gguf_file)
