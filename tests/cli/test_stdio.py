@@ -89,8 +89,8 @@ def test_a_terminal_as_input_is_refused_with_a_hint(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(sys, "stdin", Tty())
     with pytest.raises(InputError, match="pipe a JSONL"):
-        with input_file(Path("-")):
-            pass
+        with input_file(Path("-")) as got:
+            raise AssertionError(f"a terminal was read as input: {got}")
 
 
 def test_a_closed_reader_is_one_output_error() -> None:
