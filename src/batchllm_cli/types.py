@@ -8,6 +8,8 @@ from typing import Literal
 import numpy as np
 
 FinishReason = Literal["stop", "length"]
+MAX_LOGPROBS = 20  # most alternatives per token (OpenAI's top_logprobs limit)
+MAX_PENALTY = 2.0  # presence / frequency penalty range, as OpenAI's
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,11 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # benchmarks: always produce max_tokens
+    min_p: float = 0.0  # drop tokens less likely than min_p x the most likely one (0 = off)
+    presence_penalty: float = 0.0  # subtracted from the logit of every token already output
+    frequency_penalty: float = 0.0  # subtracted once per earlier occurrence in the output
+    repetition_penalty: float = 1.0  # logits of prompt and output tokens divided by it (> 0 logits) or multiplied
+    logprobs: int | None = None  # None = none; k = each output token's logprob and the k most likely
 
     def __post_init__(self) -> None:
         from batchllm_cli.errors import ConfigError
@@ -37,6 +44,20 @@ class SamplingParams:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 <= self.min_p <= 1:
+            raise ConfigError(f"min_p must be in [0, 1], got {self.min_p}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -MAX_PENALTY <= getattr(self, name) <= MAX_PENALTY:
+                raise ConfigError(f"{name} must be in [-{MAX_PENALTY}, {MAX_PENALTY}], got {getattr(self, name)}")
+        if not self.repetition_penalty > 0:
+            raise ConfigError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise ConfigError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+
+    @property
+    def has_penalties(self) -> bool:
+        """Whether the logits depend on the tokens seen so far (presence, frequency, repetition)."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,6 +75,25 @@ class Request:
 
 
 @dataclass(frozen=True)
+class TopLogprob:
+    """A token and its log-probability under the model (before temperature and penalties)."""
+
+    token_id: int
+    logprob: float
+    token: str = ""  # its text, filled in when the request finishes
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One output token's log-probability and the most likely tokens at its position."""
+
+    token_id: int
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()  # most likely first; as many as SamplingParams.logprobs
+    token: str = ""
+
+
+@dataclass(frozen=True)
 class Completion:
     """The result of one request, handed back as soon as the request finishes."""
 
@@ -64,6 +104,7 @@ class Completion:
     finish_reason: FinishReason
     prompt_tokens: int
     shared_prefix_tokens: int  # prompt tokens whose KV came from the group's shared prefix
+    logprobs: tuple[TokenLogprob, ...] | None = None  # one per token id, when the request asked
 
     @property
     def completion_tokens(self) -> int:

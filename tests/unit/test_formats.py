@@ -68,3 +68,30 @@ def test_openai_usage_counts_shared_prefix_as_cached_and_ids_are_stable() -> Non
     plain = completion_record("plain", c, "m", "tag1")
     assert plain == {"id": "req-1", "text": "out", "finish_reason": "length",
                      "usage": {"prompt_tokens": 10, "completion_tokens": 3, "shared_prefix_tokens": 6}}
+
+
+def test_logprobs_in_each_output_shape() -> None:
+    """Plain records list token, token_id, logprob and top_logprobs; chat.completion bodies carry
+    OpenAI's logprobs.content with bytes; text_completion bodies its parallel lists."""
+    from batchllm_cli.types import TokenLogprob, TopLogprob
+
+    lps = (
+        TokenLogprob(7, -0.25, (TopLogprob(7, -0.25, " Pa"), TopLogprob(9, -1.5, " Lo")), " Pa"),
+        TokenLogprob(8, -0.5, (TopLogprob(8, -0.5, "ris"), TopLogprob(3, -2.0, "é")), "ris"),
+    )
+    c = Completion(0, "q", " Paris", (7, 8), "length", 4, 0, lps)
+    plain = completion_record("plain", c, "m", "t")["logprobs"]
+    assert plain[0] == {"token": " Pa", "token_id": 7, "logprob": -0.25, "top_logprobs": [
+        {"token": " Pa", "token_id": 7, "logprob": -0.25}, {"token": " Lo", "token_id": 9, "logprob": -1.5}]}
+    assert [e["token_id"] for e in plain] == [7, 8]
+
+    chat = completion_record("openai_chat", c, "m", "t")["response"]["body"]["choices"][0]["logprobs"]
+    assert chat["content"][1]["token"] == "ris" and chat["content"][1]["bytes"] == [114, 105, 115]
+    assert chat["content"][1]["top_logprobs"][1] == {"token": "é", "logprob": -2.0, "bytes": [195, 169]}
+
+    cmpl = completion_record("openai_completion", c, "m", "t")["response"]["body"]["choices"][0]["logprobs"]
+    assert cmpl == {"tokens": [" Pa", "ris"], "token_logprobs": [-0.25, -0.5],
+                    "top_logprobs": [{" Pa": -0.25, " Lo": -1.5}, {"ris": -0.5, "é": -2.0}], "text_offset": [0, 3]}
+
+    without = Completion(0, "q", " Paris", (7, 8), "length", 4, 0)
+    assert "logprobs" not in completion_record("plain", without, "m", "t")

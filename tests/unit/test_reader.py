@@ -111,7 +111,7 @@ def test_top_k_minus_one_means_no_cut() -> None:
 
 def test_neutral_values_of_unsupported_options_are_accepted() -> None:
     """Options batchllm does not implement are fine when set to their "off" value."""
-    rec = parse_obj({"prompt": "p", "n": 1, "stream": False, "presence_penalty": 0, "logprobs": False})
+    rec = parse_obj({"prompt": "p", "n": 1, "stream": False, "echo": False, "logit_bias": {}})
     assert isinstance(rec, InputRecord)
 
 
@@ -221,3 +221,38 @@ def test_directory_input_is_an_input_error(tmp_path: Path) -> None:
     """A directory given as input is an InputError."""
     with pytest.raises(InputError, match="is a directory"):
         list(read_ids(tmp_path))
+
+
+# --- penalties, min_p and logprobs ---------------------------------------------------------------
+
+
+CHAT_URL, COMPLETIONS_URL = "/v1/chat/completions", "/v1/completions"
+
+
+@pytest.mark.parametrize(
+    "obj, want",
+    [
+        ({"prompt": "p", "logprobs": 3}, 3),
+        ({"prompt": "p", "logprobs": True, "top_logprobs": 5}, 5),
+        ({"prompt": "p", "logprobs": True}, 0),
+        ({"prompt": "p", "logprobs": 0}, 0),
+        ({"prompt": "p", "logprobs": False}, None),  # explicitly off
+        ({"prompt": "p"}, 7),  # the job default
+        (openai_line(CHAT_URL, {"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 2}), 2),
+        (openai_line(COMPLETIONS_URL, {"prompt": "x", "logprobs": 4}), 4),
+    ],
+)
+def test_logprobs_spellings(obj: dict, want: int | None) -> None:
+    """vLLM's `logprobs: k`, OpenAI chat's `logprobs: true` + `top_logprobs: k`, OpenAI completions'
+    `logprobs: k`; a line's explicit false wins over a job default."""
+    rec = parse_obj(obj)
+    assert isinstance(rec, InputRecord), rec
+    assert rec.sampling.apply(SamplingParams(logprobs=7)).logprobs == want
+
+
+def test_penalties_and_min_p_are_read() -> None:
+    rec = parse_obj({"prompt": "p", "presence_penalty": 0.5, "frequency_penalty": -1, "repetition_penalty": 1.2, "min_p": 0.05})
+    assert isinstance(rec, InputRecord)
+    params = rec.sampling.apply(SamplingParams())
+    assert (params.presence_penalty, params.frequency_penalty, params.repetition_penalty, params.min_p) == (0.5, -1.0, 1.2, 0.05)
+    assert params.has_penalties and not SamplingParams().has_penalties

@@ -128,7 +128,7 @@ def test_needs_exactly_one_of_prompt_and_messages(obj: dict[str, Any], why: str)
 
 @pytest.mark.parametrize(
     "extra, param",
-    [({"n": 2}, "n"), ({"best_of": 3}, "best_of"), ({"logprobs": True}, "logprobs"), ({"stream": True}, "stream")],
+    [({"n": 2}, "n"), ({"best_of": 3}, "best_of"), ({"echo": True}, "echo"), ({"logit_bias": {"5": 1}}, "logit_bias"), ({"stream": True}, "stream")],
 )
 def test_unsupported_options_are_refused(extra: dict[str, Any], param: str) -> None:
     """An option batchllm does not implement, set to a value that changes the output, is refused."""
@@ -217,3 +217,33 @@ def test_every_bad_line_is_reported_and_good_lines_still_read(tmp_path: Path) ->
         (6, "BadLine", None, "invalid_json"),
         (7, "InputRecord", "d", None),
     ]
+
+
+@pytest.mark.parametrize(
+    "extra, param",
+    [
+        ({"logprobs": 21}, "logprobs"),
+        ({"logprobs": "yes"}, "logprobs"),
+        ({"logprobs": False, "top_logprobs": 3}, "top_logprobs"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"logprobs": 2, "top_logprobs": 3}, "top_logprobs"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": "high"}, "frequency_penalty"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"min_p": 1.5}, "min_p"),
+    ],
+)
+def test_bad_penalties_and_logprobs_name_the_field(extra: dict[str, Any], param: str) -> None:
+    """Out-of-range or ill-typed penalties, min_p and logprobs are invalid_field errors naming it."""
+    bad = bad_line({"id": "q", "prompt": "p", **extra})
+    assert (bad.code, bad.param) == ("invalid_field", param), bad
+
+
+def test_openai_endpoints_take_their_own_logprobs_spelling() -> None:
+    """Chat wants logprobs: true (+ top_logprobs); completions want logprobs: k and no top_logprobs."""
+    chat = openai_line("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "logprobs": 3})
+    bad = bad_line(chat)
+    assert (bad.param, bad.openai) == ("logprobs", True) and "true or false" in bad.message
+    cmpl = openai_line("/v1/completions", {"prompt": "x", "logprobs": True, "top_logprobs": 2})
+    assert bad_line(cmpl).param == "top_logprobs"
+    assert bad_line(openai_line("/v1/completions", {"prompt": "x", "logprobs": True})).param == "logprobs"

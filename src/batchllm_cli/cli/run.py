@@ -19,6 +19,8 @@ Examples:
 
   batchllm run prompts.jsonl -o out.jsonl --max-tokens 64 --temperature 0.7 --seed 1
 
+  batchllm run labels.jsonl -o scores.jsonl --max-tokens 1 --logprobs 5     # classify by next-token logprobs
+
   batchllm plan prompts.jsonl --json plan.json && batchllm run prompts.jsonl -o out.jsonl --plan plan.json
 
   jq -c '{id, prompt: .question}' data.jsonl | batchllm run - -o - -q | jq -r .text
@@ -39,6 +41,11 @@ def run(
     top_k: Annotated[int, typer.Option(min=0, help="Top-k sampling cut (0 = off).")] = 0,
     seed: Annotated[int, typer.Option(help="Job seed: a line without its own seed samples from (seed, line number), so results never depend on batching.")] = 0,
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable).")] = None,
+    min_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Drop tokens less likely than min_p x the most likely one (0 = off).")] = 0.0,
+    presence_penalty: Annotated[float, typer.Option(min=-2.0, max=2.0, help="Subtracted from the logit of every token already in the output (OpenAI's).")] = 0.0,
+    frequency_penalty: Annotated[float, typer.Option(min=-2.0, max=2.0, help="Subtracted once per occurrence in the output so far (OpenAI's).")] = 0.0,
+    repetition_penalty: Annotated[float, typer.Option(min=0.01, help="Logits of prompt and output tokens divided by it (1 = off; 1.1 discourages repeats).")] = 1.0,
+    logprobs: Annotated[Optional[int], typer.Option(min=0, max=20, help="Report each output token's logprob and the N most likely tokens (a line's logprobs wins).", show_default=False)] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Check every line first; any bad line stops the job before the model loads.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start OUTPUT over instead of resuming it.")] = False,
     plan: Annotated[Optional[Path], typer.Option("--plan", help="Run a plan written by `batchllm plan --json` (checked against this input).")] = None,
@@ -66,7 +73,11 @@ def run(
         from batchllm_cli.io.writer import STDIO
         from batchllm_cli.types import SamplingParams
 
-        defaults = SamplingParams(max_tokens, temperature, top_p, top_k, None, tuple(stop or ()))
+        defaults = SamplingParams(
+            max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, stop=tuple(stop or ()),
+            min_p=min_p, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+            repetition_penalty=repetition_penalty, logprobs=logprobs,
+        )
         devices = parse_devices(device) if device and "," in device else None
         config = load_engine_config(
             devices[0] if devices else device, token_budget=token_budget,
@@ -76,6 +87,8 @@ def run(
             "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k,
             "seed": seed, "stop": list(defaults.stop), "dtype": config.dtype,
         }
+        # options newer than the fingerprint join it only when set: older outputs still resume
+        settings.update((k, getattr(defaults, k)) for k, off in _OFF.items() if getattr(defaults, k) != off)
         with input_file(input) as (in_path, in_name):
             fingerprint = JobFingerprint.make(in_path, model_key(model), settings)
             opts = JobOptions(in_path, output, fingerprint, strict=strict, overwrite=overwrite)
@@ -104,6 +117,10 @@ def run(
                 f"{where}[/]", highlight=False,
             )
             raise typer.Exit(EXIT_LINES_FAILED)
+
+
+# Sampling options added after the first fingerprint, and their "off" values.
+_OFF = {"min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "logprobs": None}
 
 
 def model_key(model: str | None) -> str:

@@ -64,7 +64,10 @@ def run_plan(
             raise RuntimeError("the scheduler made no progress: this is a bug in batchllm")
         states = scheduler.active_states()
         sampling = [states[batch.items[i].request] for i in batch.sample_items]
-        tokens = runner.execute(batch, requests, [s.num_output for s in sampling])
+        tokens, logprobs = runner.execute(batch, requests, [s.output_ids for s in sampling])
+        for state, logprob in zip(sampling, logprobs):
+            if logprob is not None:
+                state.logprobs.append(logprob)
         finished = scheduler.update(batch, tokens, stop)
         prefill_tokens += batch.num_prefill_tokens
         output_tokens += len(tokens)
@@ -96,4 +99,5 @@ def _completion(state: RequestState, stop: StopChecker) -> Completion:
         finish_reason=state.finish_reason,
         prompt_tokens=r.prompt_len,
         shared_prefix_tokens=state.group.prefix_len,
+        logprobs=stop.with_token_texts(state.logprobs) if r.sampling.logprobs is not None else None,
     )

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from batchllm_cli.engine.config import EngineConfig
-from batchllm_cli.engine.sampler import SampleRow, Sampler
+from batchllm_cli.engine.sampler import SampleRow, Sampler, report_logprobs
 from batchllm_cli.engine.step import StepBatch
 from batchllm_cli.errors import CapacityError
 from batchllm_cli.models.config import ModelConfig
 from batchllm_cli.models.kv_cache import allocate_kv_cache, num_blocks_for_bytes
-from batchllm_cli.types import Request
+from batchllm_cli.types import Request, TokenLogprob
 from batchllm_kernels.metadata import AttentionMetadata
 
 if TYPE_CHECKING:
@@ -78,11 +78,15 @@ class ModelRunner:
         )
 
     @torch.inference_mode()
-    def execute(self, batch: StepBatch, requests: Sequence[Request], num_outputs: Sequence[int]) -> list[int]:
-        """Runs one step; returns one token per sampling item, in item order.
+    def execute(
+        self, batch: StepBatch, requests: Sequence[Request], outputs: Sequence[Sequence[int]]
+    ) -> tuple[list[int], list[TokenLogprob | None]]:
+        """Runs one step; returns one token per sampling item, in item order, and for each the
+        logprobs its request asked for (None for the others).
 
-        `num_outputs[k]` is how many tokens the k-th sampling item's request already has: the
-        output position of the token drawn now, which keys its random stream.
+        `outputs[k]` is the output ids the k-th sampling item's request already has: their count
+        is the output position of the token drawn now (which keys its random stream), and
+        presence, frequency and repetition penalties read them.
         """
         sample_items = batch.sample_items
         if self.graphs is not None and self._graphable(batch):
@@ -96,13 +100,15 @@ class ModelRunner:
             ends = meta.cu_seqlens_q[1:].long() - 1  # [num_items]: each item's last token
             rows_idx = ends[torch.tensor(sample_items, dtype=torch.long, device=self.device)]
         if not sample_items:
-            return []
+            return [], []
         logits = self.model.compute_logits(hidden[rows_idx])  # [num_sampling, vocab] float32
-        rows = [
-            SampleRow(requests[batch.items[i].request].sampling, batch.items[i].request, n)
-            for i, n in zip(sample_items, num_outputs, strict=True)
-        ]
-        return self.sampler(logits, rows)
+        rows = []
+        for i, out in zip(sample_items, outputs, strict=True):
+            index = batch.items[i].request
+            request = requests[index]
+            rows.append(SampleRow(request.sampling, index, len(out), request.prompt_ids, out))
+        tokens = self.sampler(logits, rows)
+        return tokens, report_logprobs(logits, rows, tokens)
 
     def _graphable(self, batch: StepBatch) -> bool:
         """Decode-only steps (every item one token) of a size some graph holds."""

@@ -1,4 +1,5 @@
-"""The sampler: greedy, temperature, top-k and top-p, with per-request random streams.
+"""The sampler: penalties, greedy, temperature, top-k, top-p and min-p, with per-request random
+streams; and the logprobs of what it drew, for the requests that ask.
 
 Random draws are Gumbel-max with noise from a counter-based integer hash of
 (request seed, output position, vocab id), computed vectorized in torch integer arithmetic.
@@ -13,7 +14,8 @@ from typing import Sequence
 
 import torch
 
-from batchllm_cli.types import SamplingParams
+from batchllm_cli.engine.logits import apply_penalties, token_logprobs
+from batchllm_cli.types import SamplingParams, TokenLogprob
 
 _MASK32 = 0xFFFFFFFF
 # Rows per chunk of the noise computation: bounds the [rows, vocab] int64 temporaries.
@@ -45,6 +47,8 @@ class SampleRow:
     params: SamplingParams
     request_index: int
     position: int  # output position of the token to draw (0 for the first)
+    prompt_ids: Sequence[int] = ()  # read only for a repetition penalty
+    output_ids: Sequence[int] = ()  # the request's tokens so far; read only for penalties
 
 
 def row_key(row: SampleRow, job_seed: int) -> int:
@@ -68,11 +72,15 @@ def uniform_noise(keys: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return (bits.to(torch.float64) + 0.5) / float(1 << 52)
 
 
-def restrict_support(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """`scaled` logits [rows, vocab] with tokens outside each row's top-k / top-p set at -inf.
+def restrict_support(
+    scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`scaled` logits [rows, vocab] with tokens outside each row's top-k / top-p / min-p set at -inf.
 
-    top_k [rows] int64 (0 = no cut), top_p [rows] float32 (1 = no cut). The top-p set is the
-    smallest set of most likely tokens whose probability reaches top_p (at least one token).
+    top_k [rows] int64 (0 = no cut), top_p [rows] float32 (1 = no cut), min_p [rows] float32
+    (0 = no cut). The top-p set is the smallest set of most likely tokens whose probability
+    reaches top_p (at least one token); min-p keeps the tokens at least min_p times as likely
+    as the most likely one.
     """
     vals, order = scaled.sort(dim=-1, descending=True)
     ranks = torch.arange(scaled.shape[-1], device=scaled.device)[None, :]
@@ -81,6 +89,8 @@ def restrict_support(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Ten
     probs = torch.softmax(vals, dim=-1)
     mass_before = torch.cumsum(probs, dim=-1) - probs
     drop |= mass_before >= top_p[:, None]
+    if min_p is not None:
+        drop |= probs < min_p[:, None] * probs[:, :1]
     drop[:, 0] = False
     mask = torch.zeros_like(drop).scatter(1, order, drop)
     return scaled.masked_fill(mask, float("-inf"))
@@ -95,6 +105,18 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> list[int]:
         """logits [rows, vocab] float32 -> one token id per row."""
         assert logits.shape[0] == len(rows)
+        penalized = [i for i, r in enumerate(rows) if r.params.has_penalties]
+        if penalized:
+            logits = logits.clone()
+            sub = [rows[i] for i in penalized]
+            logits[penalized] = apply_penalties(
+                logits[penalized],
+                [r.prompt_ids if r.params.repetition_penalty != 1.0 else () for r in sub],
+                [r.output_ids for r in sub],
+                [r.params.presence_penalty for r in sub],
+                [r.params.frequency_penalty for r in sub],
+                [r.params.repetition_penalty for r in sub],
+            )
         out = torch.argmax(logits, dim=-1)  # greedy rows; random rows are overwritten below
         random_rows = [i for i, r in enumerate(rows) if r.params.temperature > 0]
         for start in range(0, len(random_rows), _ROWS_PER_CHUNK):
@@ -106,11 +128,29 @@ class Sampler:
         device = logits.device
         temperature = torch.tensor([r.params.temperature for r in rows], device=device)
         scaled = logits.float() / temperature[:, None]
-        if any(r.params.top_k > 0 or r.params.top_p < 1.0 for r in rows):
+        if any(r.params.top_k > 0 or r.params.top_p < 1.0 or r.params.min_p > 0 for r in rows):
             top_k = torch.tensor([r.params.top_k for r in rows], dtype=torch.int64, device=device)
             top_p = torch.tensor([r.params.top_p for r in rows], dtype=torch.float32, device=device)
-            scaled = restrict_support(scaled, top_k, top_p)
+            min_p = None
+            if any(r.params.min_p > 0 for r in rows):
+                min_p = torch.tensor([r.params.min_p for r in rows], dtype=torch.float32, device=device)
+            scaled = restrict_support(scaled, top_k, top_p, min_p)
         keys = torch.tensor([row_key(r, self.job_seed) for r in rows], dtype=torch.int64, device=device)
         gumbel = -torch.log(-torch.log(uniform_noise(keys, logits.shape[-1])))
         # argmax(logit / T + Gumbel) is a draw from softmax(logit / T) over the kept tokens
         return torch.argmax(scaled.double() + gumbel, dim=-1)
+
+
+def report_logprobs(
+    logits: torch.Tensor, rows: Sequence[SampleRow], token_ids: Sequence[int]
+) -> list[TokenLogprob | None]:
+    """For each row that asks for logprobs, its drawn token's logprob and top alternatives."""
+    wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
+    out: list[TokenLogprob | None] = [None] * len(rows)
+    if wanted:
+        found = token_logprobs(
+            logits[wanted], [token_ids[i] for i in wanted], [rows[i].params.logprobs or 0 for i in wanted]
+        )
+        for i, lp in zip(wanted, found):
+            out[i] = lp
+    return out

@@ -7,7 +7,7 @@ from enum import Enum
 
 import numpy as np
 
-from batchllm_cli.types import FinishReason, Request
+from batchllm_cli.types import FinishReason, Request, TokenLogprob
 
 
 def blocks_for(num_tokens: int, block_size: int) -> int:
@@ -54,6 +54,7 @@ class RequestState:
     own_blocks: list[int] = field(default_factory=list)
     computed: int = 0  # own (distinct) prompt tokens whose KV is stored
     output_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per output id, if asked for
     status: Status = Status.WAITING
     finish_reason: FinishReason | None = None
 

@@ -6,11 +6,12 @@ of a request with stop strings is built incrementally; other requests are decode
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 from batchllm_cli.engine.state import RequestState
 from batchllm_cli.engine.tokenizer import IncrementalDetokenizer, Tokenizer
-from batchllm_cli.types import FinishReason
+from batchllm_cli.types import FinishReason, TokenLogprob
 
 
 class StopChecker:
@@ -52,3 +53,13 @@ class StopChecker:
         if self.tokenizer is None:
             return ""
         return self.tokenizer.decode(state.output_ids)
+
+    def with_token_texts(self, logprobs: Sequence[TokenLogprob]) -> tuple[TokenLogprob, ...]:
+        """`logprobs` with each token's own text filled in (empty without a tokenizer)."""
+        if self.tokenizer is None:
+            return tuple(logprobs)
+        text = self.tokenizer.token_text
+        return tuple(
+            replace(lp, token=text(lp.token_id), top=tuple(replace(t, token=text(t.token_id)) for t in lp.top))
+            for lp in logprobs
+        )

@@ -33,6 +33,7 @@ class Tokenizer:
 
     def __init__(self, hf_tokenizer: Any) -> None:
         self.hf = hf_tokenizer
+        self._token_texts: dict[int, str] = {}
 
     @classmethod
     def load(cls, path: str | os.PathLike, gguf_file: str | None = None) -> "Tokenizer":
@@ -86,6 +87,14 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_text(self, token_id: int) -> str:
+        """One token's text on its own, special tokens included (what logprob reports show;
+        a token holding part of a multi-byte character shows as U+FFFD)."""
+        text = self._token_texts.get(token_id)
+        if text is None:
+            text = self._token_texts[token_id] = self.hf.decode([token_id], skip_special_tokens=False)
+        return text
 
 
 def _save_atomically(hf: Any, target: Path) -> None:

@@ -9,11 +9,18 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal
 
-from batchllm_cli.types import SamplingParams
+from batchllm_cli.types import MAX_LOGPROBS, MAX_PENALTY, SamplingParams
 
-SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop")
+SAMPLING_FIELDS = (
+    "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "min_p",
+    "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs", "top_logprobs",
+)
+# How a line kind spells logprobs: OpenAI chat `logprobs: true` + `top_logprobs: k`; OpenAI
+# completions `logprobs: k`; our plain and chat lines either.
+LogprobsStyle = Literal["chat", "completion", "any"]
+LOGPROBS_OFF = -1  # a line's explicit "no logprobs" (wins over a job default)
 ROLES = ("system", "user", "assistant")
 MAX_SEED = 2**63  # seeds are kept as signed 64-bit values
 
@@ -22,13 +29,7 @@ MAX_SEED = 2**63  # seeds are kept as signed 64-bit values
 NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
     "n": (1,),
     "best_of": (1,),
-    "presence_penalty": (0,),
-    "frequency_penalty": (0,),
-    "repetition_penalty": (1,),
-    "min_p": (0,),
     "min_tokens": (0,),
-    "logprobs": (False, 0),
-    "top_logprobs": (0,),
     "stream": (False,),
     "echo": (False,),
     "logit_bias": ({},),
@@ -68,12 +69,20 @@ class SamplingOverrides:
     top_k: int | None = None
     seed: int | None = None
     stop: tuple[str, ...] | None = None
+    min_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    logprobs: int | None = None  # LOGPROBS_OFF: none, whatever the job default
 
     def apply(self, defaults: SamplingParams) -> SamplingParams:
         if self is NO_OVERRIDES:
             return defaults
         changes = {f.name: getattr(self, f.name) for f in fields(self)}
-        return replace(defaults, **{k: v for k, v in changes.items() if v is not None})
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if changes.get("logprobs") == LOGPROBS_OFF:
+            changes["logprobs"] = None
+        return replace(defaults, **changes)
 
 
 NO_OVERRIDES = SamplingOverrides()
@@ -94,7 +103,9 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def sampling_overrides(obj: dict[str, Any], max_tokens_key: str = "max_tokens") -> SamplingOverrides:
+def sampling_overrides(
+    obj: dict[str, Any], max_tokens_key: str = "max_tokens", logprobs_style: LogprobsStyle = "any"
+) -> SamplingOverrides:
     """The sampling fields of `obj` (absent or null = default), checked for type and range."""
     if _SAMPLING_NAMES.isdisjoint(obj) and max_tokens_key not in obj:
         return NO_OVERRIDES
@@ -122,7 +133,55 @@ def sampling_overrides(obj: dict[str, Any], max_tokens_key: str = "max_tokens") 
     stop = obj.get("stop")
     if stop is not None:
         stop = _stop(stop)
-    return SamplingOverrides(max_tokens, temperature, top_p, top_k, seed, stop)
+    min_p = _in_range(obj, "min_p", 0.0, 1.0)
+    presence = _in_range(obj, "presence_penalty", -MAX_PENALTY, MAX_PENALTY)
+    frequency = _in_range(obj, "frequency_penalty", -MAX_PENALTY, MAX_PENALTY)
+    repetition = obj.get("repetition_penalty")
+    if repetition is not None:
+        repetition = _number("repetition_penalty", repetition)
+        if repetition <= 0:
+            raise FieldError("repetition_penalty", f"repetition_penalty must be > 0, got {repetition}")
+    logprobs = _logprobs(obj, logprobs_style)
+    return SamplingOverrides(
+        max_tokens, temperature, top_p, top_k, seed, stop, min_p, presence, frequency, repetition, logprobs
+    )
+
+
+def _in_range(obj: dict[str, Any], name: str, low: float, high: float) -> float | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    value = _number(name, value)
+    if not low <= value <= high:
+        raise FieldError(name, f"{name} must be in [{low:g}, {high:g}], got {value:g}")
+    return value
+
+
+def _count(name: str, value: Any) -> int:
+    if not _is_int(value) or not 0 <= value <= MAX_LOGPROBS:
+        raise FieldError(name, f"{name} must be an integer from 0 to {MAX_LOGPROBS}, got {_show(value)}")
+    return value
+
+
+def _logprobs(obj: dict[str, Any], style: LogprobsStyle) -> int | None:
+    """How many alternatives per output token a line asks for: None = the job default,
+    LOGPROBS_OFF = none, k >= 0 = the drawn token's logprob and the k most likely."""
+    value, top = obj.get("logprobs"), obj.get("top_logprobs")
+    if top is not None:
+        if style == "completion":
+            raise FieldError("top_logprobs", "top_logprobs is a chat field: /v1/completions takes logprobs: k", "unknown_field")
+        top = _count("top_logprobs", top)
+    if value is None or value is False:
+        if top:
+            raise FieldError("top_logprobs", "top_logprobs needs logprobs: true")
+        return None if value is None else LOGPROBS_OFF
+    if value is True and style != "completion":
+        return top or 0
+    if style == "chat":
+        raise FieldError("logprobs", f"logprobs must be true or false, got {_show(value)}")
+    if top is not None:
+        raise FieldError("top_logprobs", "give top_logprobs with logprobs: true, or logprobs: k alone")
+    return _count("logprobs", value)
 
 
 def _stop(value: Any) -> tuple[str, ...]:

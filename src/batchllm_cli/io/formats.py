@@ -18,7 +18,7 @@ import orjson
 
 from batchllm_cli.io.index import key_of
 from batchllm_cli.io.reader import BadLine, Kind
-from batchllm_cli.types import Completion
+from batchllm_cli.types import Completion, TokenLogprob
 
 
 def _ident(job_tag: str, prefix: str, custom_id: str, length: int = 24) -> str:
@@ -35,7 +35,7 @@ def dumps_line(obj: dict[str, Any]) -> bytes:
 def completion_record(kind: Kind, c: Completion, model: str, job_tag: str) -> dict[str, Any]:
     """The output record of a finished request, shaped for its input format."""
     if kind in ("plain", "chat"):
-        return {
+        record: dict[str, Any] = {
             "id": c.id,
             "text": c.text,
             "finish_reason": c.finish_reason,
@@ -45,6 +45,9 @@ def completion_record(kind: Kind, c: Completion, model: str, job_tag: str) -> di
                 "shared_prefix_tokens": c.shared_prefix_tokens,
             },
         }
+        if c.logprobs is not None:
+            record["logprobs"] = [_plain_logprob(lp) for lp in c.logprobs]
+        return record
     usage = {
         "prompt_tokens": c.prompt_tokens,
         "completion_tokens": c.completion_tokens,
@@ -55,15 +58,50 @@ def completion_record(kind: Kind, c: Completion, model: str, job_tag: str) -> di
         choice = {
             "index": 0,
             "message": {"role": "assistant", "content": c.text},
-            "logprobs": None,
+            "logprobs": None if c.logprobs is None else _chat_logprobs(c.logprobs),
             "finish_reason": c.finish_reason,
         }
         body = {"id": _ident(job_tag, "chatcmpl-", c.id), "object": "chat.completion"}
     else:
-        choice = {"index": 0, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
+        logprobs = None if c.logprobs is None else _completion_logprobs(c.logprobs)
+        choice = {"index": 0, "text": c.text, "logprobs": logprobs, "finish_reason": c.finish_reason}
         body = {"id": _ident(job_tag, "cmpl-", c.id), "object": "text_completion"}
     body.update(created=int(time.time()), model=model, choices=[choice], usage=usage)
     return _openai_envelope(job_tag, c.id, 200, body)
+
+
+def _plain_logprob(lp: TokenLogprob) -> dict[str, Any]:
+    """{"token", "token_id", "logprob", "top_logprobs": [{"token", "token_id", "logprob"}]}."""
+    top = [{"token": t.token, "token_id": t.token_id, "logprob": t.logprob} for t in lp.top]
+    return {"token": lp.token, "token_id": lp.token_id, "logprob": lp.logprob, "top_logprobs": top}
+
+
+def _chat_logprobs(logprobs: tuple[TokenLogprob, ...]) -> dict[str, Any]:
+    """A chat.completion choice's logprobs: {"content": [{token, logprob, bytes, top_logprobs}]}."""
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    content = [
+        {**entry(lp.token, lp.logprob), "top_logprobs": [entry(t.token, t.logprob) for t in lp.top]}
+        for lp in logprobs
+    ]
+    return {"content": content, "refusal": None}
+
+
+def _completion_logprobs(logprobs: tuple[TokenLogprob, ...]) -> dict[str, Any]:
+    """A text_completion choice's logprobs: parallel lists; text_offset counts from the start of
+    the completion's text."""
+    offsets, at = [], 0
+    for lp in logprobs:
+        offsets.append(at)
+        at += len(lp.token)
+    return {
+        "tokens": [lp.token for lp in logprobs],
+        "token_logprobs": [lp.logprob for lp in logprobs],
+        "top_logprobs": [{t.token: t.logprob for t in lp.top} for lp in logprobs],
+        "text_offset": offsets,
+    }
 
 
 def error_record(bad: BadLine, job_tag: str) -> dict[str, Any]:

@@ -144,10 +144,10 @@ def _openai(obj: dict[str, Any], line: int, rid: str | None) -> InputRecord | Ba
         if kind == "openai_chat":
             _no_unknown(body, CHAT_BODY_KEYS)
             key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-            sampling = F.sampling_overrides(body, key)
+            sampling = F.sampling_overrides(body, key, "chat")
             return InputRecord(line, rid, kind, None, F.messages(body.get("messages")), sampling)
         _no_unknown(body, COMPLETION_BODY_KEYS)
-        sampling = F.sampling_overrides(body)
+        sampling = F.sampling_overrides(body, logprobs_style="completion")
         return InputRecord(line, rid, kind, _completion_prompt(body.get("prompt")), None, sampling)
     except FieldError as exc:
         return BadLine(line, rid, exc.code, str(exc), exc.param, openai=True)
