@@ -62,3 +62,29 @@ def test_new_options_join_the_fingerprint_only_when_set(job) -> None:
     assert _invoke(inp, out).exit_code == 0  # same settings: complete, nothing to do
     refused = _invoke(inp, out, "--repetition-penalty", "1.2")
     assert refused.exit_code == 3 and "--overwrite" in refused.output
+
+
+def test_n_samples_of_a_line_share_its_prompt_and_answer_as_choices(tmp_path: Path) -> None:
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    lines = [
+        {"id": "sampled", "prompt": "Our cat is small, grey and very curious, and she sleeps all day. "
+                                    "A good name for her would be", "n": 3, "temperature": 1.0, "max_tokens": 6},
+        {"id": "greedy", "prompt": "The capital of France is"},  # --n 2 below
+        {"custom_id": "oa", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "m", "messages": CHAT, "n": 2, "temperature": 0.8}},
+    ]
+    inp.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    result = _invoke(inp, out, "-n", "2")
+    assert result.exit_code == 0, result.output
+    recs = {r.get("custom_id") or r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    sampled = recs["sampled"]
+    assert [c["index"] for c in sampled["choices"]] == [0, 1, 2]
+    assert len({c["text"] for c in sampled["choices"]}) > 1  # each sample has a seed of its own
+    assert sampled["usage"]["shared_prefix_tokens"] > 0  # the prompt is computed once for all three
+    assert sampled["usage"]["completion_tokens"] <= 3 * 6
+    greedy = [c["text"] for c in recs["greedy"]["choices"]]
+    assert len(greedy) == 2 and greedy[0] == greedy[1]  # temperature 0: the same answer twice
+    assert len(recs["oa"]["response"]["body"]["choices"]) == 2
+    sidecar = json.loads(Path(str(out) + ".batchllm.json").read_text())
+    assert sidecar["settings"]["n"] == 2 and sidecar["records"] == 3
+    assert sidecar["last_run"]["requests"] == 7 and sidecar["last_run"]["completed"] == 3

@@ -132,3 +132,37 @@ def test_tokenizing_progress_speaks_at_most_once_per_interval(monkeypatch: pytes
     for lines in (512, 1024, 1536, 2048):
         on_batch(lines, lines * 100)
     assert said == ["tokenizing: 1,024 lines, 102,400 prompt tokens", "tokenizing: 2,048 lines, 204,800 prompt tokens"]
+
+
+# --- n samples of a line -------------------------------------------------------------------------
+
+
+def test_a_line_with_n_becomes_n_requests_with_their_own_seeds() -> None:
+    from batchllm_cli.cli.backend import sample_seed
+
+    three = replace(_plain(2, "a bb ccc"), n=3)
+    tok = tokenize_records(iter([(_plain(1, "x"), False), (three, True), (_plain(3, "y z"), False)]), WordTokenizer(),
+                           64, DEFAULTS, job_seed=5, keep_done=True, default_n=2)
+    assert [r.id for r in tok.requests] == ["q1", "q1", "q2", "q2", "q2", "q3", "q3"]
+    assert list(tok.samples) == [0, 1, 0, 1, 2, 0, 1] and list(tok.counts) == [2, 2, 3, 3, 3, 2, 2]
+    assert list(tok.pending) == [1, 1, 0, 0, 0, 1, 1]  # a done line: all of its samples
+    line2 = tok.requests[2:5]
+    assert all(r.prompt_ids is line2[0].prompt_ids for r in line2)  # one array, not three copies
+    seeds = [r.sampling.seed for r in line2]
+    assert seeds[0] == request_seed(5, 2) and seeds[1:] == [sample_seed(seeds[0], 1), sample_seed(seeds[0], 2)]
+    assert len({r.sampling.seed for r in tok.requests}) == 7
+    assert all(-(2**63) <= s < 2**63 for s in seeds)
+
+
+def test_samples_are_gathered_into_one_answer_per_line_in_sample_order() -> None:
+    from batchllm_cli.cli.backend import gather_samples
+    from batchllm_cli.types import Completion
+
+    def done(i: int) -> Completion:
+        return Completion(i, f"id{i}", f"t{i}", (i,), "stop", 3, 0)
+
+    kinds, samples, counts = bytes([0, 0, 0, 2, 1, 1]), bytes([0, 1, 2, 0, 0, 1]), bytes([3, 3, 3, 1, 2, 2])
+    order = [2, 3, 5, 0, 4, 1]  # finishing order
+    out = list(gather_samples((done(i) for i in order), kinds, samples, counts))
+    assert [(kind, [c.index for c in cs]) for kind, cs in out] == [
+        ("openai_chat", [3]), ("chat", [4, 5]), ("plain", [0, 1, 2])]

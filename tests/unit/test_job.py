@@ -80,7 +80,7 @@ MIXED: list[Any] = [
     {"id": "g3", "prompt": "third good", "temperature": 0.5, "seed": 3},
     [1, 2, 3],
     {"id": "typo", "prompt": "a", "max_token": 3},
-    {"id": "n", "prompt": "a", "n": 2},
+    {"id": "n", "prompt": "a", "best_of": 2},
     {"custom_id": "oa-bad", "method": "POST", "url": "/v1/embeddings", "body": {"input": "x"}},
     {"id": "g4", "prompt": "last good"},
 ]

@@ -256,3 +256,10 @@ def test_penalties_and_min_p_are_read() -> None:
     params = rec.sampling.apply(SamplingParams())
     assert (params.presence_penalty, params.frequency_penalty, params.repetition_penalty, params.min_p) == (0.5, -1.0, 1.2, 0.05)
     assert params.has_penalties and not SamplingParams().has_penalties
+
+
+def test_n_is_read_from_each_line_format() -> None:
+    assert parse_obj({"prompt": "p", "n": 4}).n == 4
+    assert parse_obj({"messages": [{"role": "user", "content": "x"}]}).n is None  # the job default
+    assert parse_obj(openai_line(CHAT_URL, {"messages": [{"role": "user", "content": "x"}], "n": 2})).n == 2
+    assert parse_obj(openai_line(COMPLETIONS_URL, {"prompt": "x", "n": 3})).n == 3

@@ -128,7 +128,7 @@ def test_needs_exactly_one_of_prompt_and_messages(obj: dict[str, Any], why: str)
 
 @pytest.mark.parametrize(
     "extra, param",
-    [({"n": 2}, "n"), ({"best_of": 3}, "best_of"), ({"echo": True}, "echo"), ({"logit_bias": {"5": 1}}, "logit_bias"), ({"stream": True}, "stream")],
+    [({"best_of": 3}, "best_of"), ({"echo": True}, "echo"), ({"logit_bias": {"5": 1}}, "logit_bias"), ({"stream": True}, "stream")],
 )
 def test_unsupported_options_are_refused(extra: dict[str, Any], param: str) -> None:
     """An option batchllm does not implement, set to a value that changes the output, is refused."""
@@ -169,7 +169,9 @@ def test_unusable_id(rid: Any) -> None:
         ({"custom_id": "c1", "method": "POST", "body": {"prompt": "x"}}, "invalid_url", "url"),
         (openai_line("/v1/completions", {"prompt": "x"}, method="GET"), "invalid_method", "method"),
         (openai_line("/v1/chat/completions", "not an object"), "invalid_field", "body"),  # type: ignore[arg-type]
-        (openai_line("/v1/chat/completions", {"messages": READER_CHAT, "n": 2}), "unsupported_field", "n"),
+        (openai_line("/v1/chat/completions", {"messages": READER_CHAT, "best_of": 2}), "unsupported_field", "best_of"),
+        (openai_line("/v1/chat/completions", {"messages": READER_CHAT, "n": 0}), "invalid_field", "n"),
+        (openai_line("/v1/completions", {"prompt": "x", "n": 129}), "invalid_field", "n"),
         (openai_line("/v1/chat/completions", {"messages": READER_CHAT, "max_completion_tokens": "5"}), "invalid_field",
          "max_completion_tokens"),
         (openai_line("/v1/chat/completions", {"messages": READER_CHAT, "frobnicate": 1}), "unknown_field", "frobnicate"),

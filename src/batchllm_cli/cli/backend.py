@@ -7,8 +7,9 @@ the engine for io.echo.EchoBackend.
 
 from __future__ import annotations
 
+import hashlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -29,14 +30,28 @@ def request_seed(job_seed: int, line: int) -> int:
     return ((job_seed & 0x7FFFFFFF) << 32) | ((line - 1) & 0xFFFFFFFF)
 
 
+def sample_seed(seed: int, sample: int) -> int:
+    """The seed of a line's sample `sample` (of n): the line's own seed for the first, so n = 1
+    samples as before; a signed 64-bit hash of (seed, sample) for the others."""
+    if sample == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}:{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
 @dataclass
 class Tokenized:
-    """A job's requests (indices 0..n-1 in input order) and what the output needs of each."""
+    """A job's requests (indices 0..n-1 in input order) and what the output needs of each.
+
+    A line with n samples is n requests in a row, sample 0 first, all with its id and prompt.
+    """
 
     requests: list[Request]
     kinds: bytearray  # [n] index into KINDS
     pending: bytearray  # [n] 1 = still to run, 0 = already in the output
     rejected: list[BadLine]  # pending lines the model cannot take (too long)
+    samples: bytearray = field(default_factory=bytearray)  # [n] which sample of its line
+    counts: bytearray = field(default_factory=bytearray)  # [n] how many samples its line has
 
 
 def tokenize_records(
@@ -47,10 +62,12 @@ def tokenize_records(
     job_seed: int,
     keep_done: bool,
     on_batch: Callable[[int, int], None] = lambda lines, tokens: None,
+    default_n: int = 1,
 ) -> Tokenized:
     """Requests of (record, done) pairs; done records are tokenized only when `keep_done`
     (a saved plan names requests by their index in the whole job). `on_batch(lines, tokens)`
-    after each batch: the lines and prompt tokens so far (progress on a long input)."""
+    after each batch: the lines and prompt tokens so far (progress on a long input).
+    `default_n`: samples of a line that does not say (its `n`)."""
     out = Tokenized([], bytearray(), bytearray(), [])
     batch: list[tuple[InputRecord, bool]] = []
     lines = tokens = 0
@@ -59,11 +76,11 @@ def tokenize_records(
             continue
         batch.append((rec, done))
         if len(batch) >= TOKENIZE_BATCH:
-            tokens += _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, out)
+            tokens += _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, default_n, out)
             lines += len(batch)
             on_batch(lines, tokens)
             batch = []
-    tokens += _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, out)
+    tokens += _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, default_n, out)
     on_batch(lines + len(batch), tokens)
     return out
 
@@ -83,7 +100,7 @@ def tokenizing_progress(say: Callable[[str], None], every_s: float = PHASE_EVERY
     return on_batch
 
 
-def _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, out: Tokenized) -> int:  # type: ignore[no-untyped-def]
+def _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, default_n, out: Tokenized) -> int:  # type: ignore[no-untyped-def]
     """Tokenizes one batch into `out`; returns the prompt tokens of the requests it added."""
     tokens = 0
     texts = [rec.prompt for rec, _ in batch if rec.prompt is not None]
@@ -107,11 +124,39 @@ def _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, out: To
                 )
                 out.rejected.append(BadLine(rec.line, rec.id, "context_length_exceeded", message, None, _is_openai(rec)))
             continue
-        out.requests.append(Request(len(out.requests), rec.id, np.asarray(ids, dtype=np.int32), params))
-        out.kinds.append(KINDS.index(rec.kind))
-        out.pending.append(0 if done else 1)
+        prompt_ids = np.asarray(ids, dtype=np.int32)  # one array for all of the line's samples
+        n = rec.n or default_n
+        for k in range(n):
+            sampled = params if k == 0 else replace(params, seed=sample_seed(params.seed, k))
+            out.requests.append(Request(len(out.requests), rec.id, prompt_ids, sampled))
+            out.kinds.append(KINDS.index(rec.kind))
+            out.pending.append(0 if done else 1)
+            out.samples.append(k)
+            out.counts.append(n)
         tokens += len(ids)
     return tokens
+
+
+def gather_samples(
+    stream: Iterable[Completion], kinds: bytes, samples: bytes, counts: bytes
+) -> Iterator[tuple[Kind, tuple[Completion, ...]]]:
+    """Each line's kind and Completions, in sample order, once its last sample finished.
+
+    stream: Completions as they finish, indexed 0..m-1 as kinds/samples/counts are (a line's
+    samples have consecutive indices, sample 0 first). Only unfinished lines are held.
+    """
+    partial: dict[int, list[Completion]] = {}  # a line's finished samples, by its first request
+    for completion in stream:
+        i = completion.index
+        if counts[i] == 1:
+            yield KINDS[kinds[i]], (completion,)
+            continue
+        first = i - samples[i]
+        got = partial.setdefault(first, [])
+        got.append(completion)
+        if len(got) == counts[i]:
+            del partial[first]
+            yield KINDS[kinds[first]], tuple(sorted(got, key=lambda c: c.index))
 
 
 def _is_openai(rec: InputRecord) -> bool:
@@ -144,8 +189,11 @@ class EngineBackend:
         plan_path: Path | None = None,
         on_phase: Callable[[str], None] = lambda text: None,
         devices: list[str] | None = None,
+        default_n: int = 1,
     ) -> None:
         self.model = model
+        self.default_n = default_n
+        self.extra_requests = 0  # samples beyond the first of each pending line (known after prepare)
         self.config = config
         self.devices = devices or [config.device]  # more than one: one engine per device
         self.defaults = defaults
@@ -170,19 +218,22 @@ class EngineBackend:
         self._tokenized = tokenize_records(
             records, tokenizer, source.config.max_position, self.defaults, self.config.seed,
             keep_done=self.plan_path is not None, on_batch=tokenizing_progress(self.on_phase),
+            default_n=self.default_n,
         )
+        tok = self._tokenized
+        self.extra_requests = sum(1 for k, p in zip(tok.samples, tok.pending) if p and k > 0)
         if self._plan is not None:
             self.on_phase("checking the plan")
             check_plan(self._plan, self._tokenized, self.config)  # before the model loads
         return self._tokenized.rejected
 
-    def run(self, on_progress: Callable[[Any], None]) -> Iterator[tuple[Kind, Completion]]:
+    def run(self, on_progress: Callable[[Any], None]) -> Iterator[tuple[Kind, tuple[Completion, ...]]]:
         assert self._tokenized is not None, "prepare() first"
         tok = self._tokenized
-        kinds = bytes(k for k, p in zip(tok.kinds, tok.pending) if p)
+        # of the pending requests, by engine index: kind, sample number, samples of the line
+        kinds, samples, counts = (bytes(x for x, p in zip(col, tok.pending) if p) for col in (tok.kinds, tok.samples, tok.counts))
         stream = self._stream(tok, on_progress) if len(self.devices) == 1 else self._stream_parallel(tok, on_progress)
-        for completion in stream:
-            yield KINDS[kinds[completion.index]], completion
+        return gather_samples(stream, kinds, samples, counts)
 
     def _stream(self, tok: Tokenized, on_progress: Callable[[Any], None]) -> Iterator[Completion]:
         from batchllm_cli.engine.llm import LLM

@@ -19,7 +19,7 @@ Examples:
 
   batchllm plan prompts.jsonl --format json | jq .saving_ratio
 
-Use the same --model, --max-tokens and prefix options as the run the plan is for.
+Use the same --model, --max-tokens, --n and prefix options as the run the plan is for.
 """
 
 
@@ -29,6 +29,7 @@ def plan(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full plan here, for `batchllm run --plan`.")] = None,
     max_tokens: Annotated[int, typer.Option(min=1, help="Default max_tokens of the run (orders groups, sizes KV).")] = 256,
     no_prefix_sharing: Annotated[bool, typer.Option("--no-prefix-sharing", help="Plan every prompt alone (the baseline).")] = False,
+    n: Annotated[int, typer.Option("--n", "-n", min=1, max=128, help="Samples of each line that has no n of its own, as for the run.")] = 1,
     device: Annotated[Optional[str], typer.Option(help="Device whose KV pool the memory estimate uses (of a list, the first); default: cuda when present.")] = None,
     top: Annotated[int, typer.Option(min=0, help="How many of the biggest groups to show.")] = 10,
     format: Annotated[str, typer.Option("--format", help="table (for people) or json (the report on stdout, for scripts).")] = "table",
@@ -48,7 +49,7 @@ def plan(
         from batchllm_cli.cli.stdio import input_file
 
         with input_file(input) as (in_path, in_name):
-            report = make_plan(in_path, model, max_tokens, not no_prefix_sharing, device)
+            report = make_plan(in_path, model, max_tokens, not no_prefix_sharing, device, n)
         if json_out is not None:
             _write_plan(json_out, report.plan.to_json())
         if format == "json":
@@ -85,7 +86,9 @@ class PlanReport:
         return text if len(text) <= chars else text[: chars - 1] + "…"
 
 
-def make_plan(input: Path, model: str | None, max_tokens: int, sharing: bool, device: str | None) -> PlanReport:
+def make_plan(
+    input: Path, model: str | None, max_tokens: int, sharing: bool, device: str | None, default_n: int = 1
+) -> PlanReport:
     """Reads and tokenizes INPUT exactly as `batchllm run` does, and plans it."""
     from batchllm_cli.cli.backend import tokenize_records, tokenizing_progress
     from batchllm_cli.engine.config import load_engine_config
@@ -116,7 +119,7 @@ def make_plan(input: Path, model: str | None, max_tokens: int, sharing: bool, de
     defaults = SamplingParams(max_tokens=max_tokens)
     progress = tokenizing_progress(lambda text: Console(stderr=True).print(text, highlight=False))
     tok = tokenize_records(good_records(), tokenizer, source.config.max_position, defaults, config.seed,
-                           keep_done=True, on_batch=progress)
+                           keep_done=True, on_batch=progress, default_n=default_n)
     settings = PlanSettings.from_engine(config, kv_pool_blocks(config, source.config))
     built = build_plan(tok.requests, settings)
     return PlanReport(built, tok.requests, bad + len(tok.rejected), tokenizer, source.name)

@@ -21,6 +21,8 @@ Examples:
 
   batchllm run labels.jsonl -o scores.jsonl --max-tokens 1 --logprobs 5     # classify by next-token logprobs
 
+  batchllm run tasks.jsonl -o samples.jsonl -n 8 --temperature 1.0 --seed 3  # 8 samples of each prompt, computed once
+
   batchllm plan prompts.jsonl --json plan.json && batchllm run prompts.jsonl -o out.jsonl --plan plan.json
 
   jq -c '{id, prompt: .question}' data.jsonl | batchllm run - -o - -q | jq -r .text
@@ -45,6 +47,7 @@ def run(
     presence_penalty: Annotated[float, typer.Option(min=-2.0, max=2.0, help="Subtracted from the logit of every token already in the output (OpenAI's).")] = 0.0,
     frequency_penalty: Annotated[float, typer.Option(min=-2.0, max=2.0, help="Subtracted once per occurrence in the output so far (OpenAI's).")] = 0.0,
     repetition_penalty: Annotated[float, typer.Option(min=0.01, help="Logits of prompt and output tokens divided by it (1 = off; 1.1 discourages repeats).")] = 1.0,
+    n: Annotated[int, typer.Option("--n", "-n", min=1, max=128, help="Samples of each prompt (a line's n wins); a line's record then lists them as choices.")] = 1,
     logprobs: Annotated[Optional[int], typer.Option(min=0, max=20, help="Report each output token's logprob and the N most likely tokens (a line's logprobs wins).", show_default=False)] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Check every line first; any bad line stops the job before the model loads.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start OUTPUT over instead of resuming it.")] = False,
@@ -89,6 +92,8 @@ def run(
         }
         # options newer than the fingerprint join it only when set: older outputs still resume
         settings.update((k, getattr(defaults, k)) for k, off in _OFF.items() if getattr(defaults, k) != off)
+        if n != 1:
+            settings["n"] = n
         with input_file(input) as (in_path, in_name):
             fingerprint = JobFingerprint.make(in_path, model_key(model), settings)
             opts = JobOptions(in_path, output, fingerprint, strict=strict, overwrite=overwrite)
@@ -97,13 +102,13 @@ def run(
                     summary = run_job(
                         opts,
                         lambda: EngineBackend(model, config, defaults, plan, on_phase=reporter.phase,
-                                              devices=devices),
+                                              devices=devices, default_n=n),
                         reporter,
                         should_stop=stop_flag.get,
                     )
                 except PlanError as exc:
                     fix = f"batchllm plan {input} --json {plan}"
-                    same = "--model, --max-tokens and --no-prefix-sharing"
+                    same = "--model, --max-tokens, --n and --no-prefix-sharing"
                     raise PlanError(f"{exc}\n  to plan this run: `{fix}` with the same {same}") from None
         if summary.lines == 0:
             console.print(f"[yellow]warning:[/] {in_name} has no input lines: nothing to do", highlight=False)

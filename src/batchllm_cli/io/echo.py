@@ -33,6 +33,7 @@ class EchoBackend:
     """Echoes prompts (the last message's content for chats) whole."""
 
     model_name = "echo"
+    extra_requests = 0  # one answer per line, whatever its n
 
     def __init__(self, defaults: SamplingParams | None = None, max_model_len: int | None = None,
                  on_item: Callable[[InputRecord], None] | None = None) -> None:
@@ -58,7 +59,7 @@ class EchoBackend:
         self._records = iter(kept)
         return rejected
 
-    def run(self, on_progress: Callable[[Any], None]) -> Iterator[tuple[Kind, Completion]]:
+    def run(self, on_progress: Callable[[Any], None]) -> Iterator[tuple[Kind, tuple[Completion, ...]]]:
         progress = _Progress()
         done = tokens = 0  # prompt = prefill = output tokens: summed in locals, copied at reports
         for rec in self._records:
@@ -66,7 +67,7 @@ class EchoBackend:
                 self.on_item(rec)
             text = _text(rec)
             n = _count_tokens(text)
-            yield rec.kind, Completion(done, rec.id, text, _ids(n), "stop", n, 0)
+            yield rec.kind, (Completion(done, rec.id, text, _ids(n), "stop", n, 0),)
             done += 1
             tokens += n
             if done % PROGRESS_EVERY == 0:

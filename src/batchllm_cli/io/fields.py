@@ -21,13 +21,13 @@ SAMPLING_FIELDS = (
 # completions `logprobs: k`; our plain and chat lines either.
 LogprobsStyle = Literal["chat", "completion", "any"]
 LOGPROBS_OFF = -1  # a line's explicit "no logprobs" (wins over a job default)
+MAX_N = 128  # most samples of one prompt (OpenAI's limit for n)
 ROLES = ("system", "user", "assistant")
 MAX_SEED = 2**63  # seeds are kept as signed 64-bit values
 
 # Options people send that change the output and that batchllm does not implement: refused
 # unless set to the value that means "off", so that a request never silently runs differently.
 NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
-    "n": (1,),
     "best_of": (1,),
     "min_tokens": (0,),
     "stream": (False,),
@@ -182,6 +182,14 @@ def _logprobs(obj: dict[str, Any], style: LogprobsStyle) -> int | None:
     if top is not None:
         raise FieldError("top_logprobs", "give top_logprobs with logprobs: true, or logprobs: k alone")
     return _count("logprobs", value)
+
+
+def sample_count(obj: dict[str, Any]) -> int | None:
+    """A line's `n` (how many samples of its prompt to answer with); None = the job default."""
+    value = obj.get("n")
+    if value is not None and (not _is_int(value) or not 1 <= value <= MAX_N):
+        raise FieldError("n", f"n must be an integer from 1 to {MAX_N}, got {_show(value)}")
+    return value
 
 
 def _stop(value: Any) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import orjson
 
@@ -32,42 +32,61 @@ def dumps_line(obj: dict[str, Any]) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def completion_record(kind: Kind, c: Completion, model: str, job_tag: str) -> dict[str, Any]:
-    """The output record of a finished request, shaped for its input format."""
+def completion_record(kind: Kind, completions: Sequence[Completion], model: str, job_tag: str) -> dict[str, Any]:
+    """The output record of a finished line: its one Completion, or its n samples in order."""
+    first = completions[0]
     if kind in ("plain", "chat"):
-        record: dict[str, Any] = {
-            "id": c.id,
-            "text": c.text,
-            "finish_reason": c.finish_reason,
-            "usage": {
-                "prompt_tokens": c.prompt_tokens,
-                "completion_tokens": c.completion_tokens,
-                "shared_prefix_tokens": c.shared_prefix_tokens,
-            },
+        if len(completions) == 1:
+            record: dict[str, Any] = {"id": first.id, **_plain_choice(first)}
+        else:
+            record = {"id": first.id, "choices": [{"index": k, **_plain_choice(c)} for k, c in enumerate(completions)]}
+        record["usage"] = {
+            "prompt_tokens": first.prompt_tokens,
+            "completion_tokens": sum(c.completion_tokens for c in completions),
+            "shared_prefix_tokens": first.shared_prefix_tokens,
         }
-        if c.logprobs is not None:
-            record["logprobs"] = [_plain_logprob(lp) for lp in c.logprobs]
+        if len(completions) == 1 and first.logprobs is not None:
+            record["logprobs"] = record.pop("logprobs")  # the long part last
         return record
+    output_tokens = sum(c.completion_tokens for c in completions)
     usage = {
-        "prompt_tokens": c.prompt_tokens,
-        "completion_tokens": c.completion_tokens,
-        "total_tokens": c.prompt_tokens + c.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": c.shared_prefix_tokens},
+        "prompt_tokens": first.prompt_tokens,
+        "completion_tokens": output_tokens,
+        "total_tokens": first.prompt_tokens + output_tokens,
+        "prompt_tokens_details": {"cached_tokens": first.shared_prefix_tokens},
     }
     if kind == "openai_chat":
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": c.text},
-            "logprobs": None if c.logprobs is None else _chat_logprobs(c.logprobs),
-            "finish_reason": c.finish_reason,
-        }
-        body = {"id": _ident(job_tag, "chatcmpl-", c.id), "object": "chat.completion"}
+        choices = [
+            {
+                "index": k,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": None if c.logprobs is None else _chat_logprobs(c.logprobs),
+                "finish_reason": c.finish_reason,
+            }
+            for k, c in enumerate(completions)
+        ]
+        body = {"id": _ident(job_tag, "chatcmpl-", first.id), "object": "chat.completion"}
     else:
-        logprobs = None if c.logprobs is None else _completion_logprobs(c.logprobs)
-        choice = {"index": 0, "text": c.text, "logprobs": logprobs, "finish_reason": c.finish_reason}
-        body = {"id": _ident(job_tag, "cmpl-", c.id), "object": "text_completion"}
-    body.update(created=int(time.time()), model=model, choices=[choice], usage=usage)
-    return _openai_envelope(job_tag, c.id, 200, body)
+        choices = [
+            {
+                "index": k,
+                "text": c.text,
+                "logprobs": None if c.logprobs is None else _completion_logprobs(c.logprobs),
+                "finish_reason": c.finish_reason,
+            }
+            for k, c in enumerate(completions)
+        ]
+        body = {"id": _ident(job_tag, "cmpl-", first.id), "object": "text_completion"}
+    body.update(created=int(time.time()), model=model, choices=choices, usage=usage)
+    return _openai_envelope(job_tag, first.id, 200, body)
+
+
+def _plain_choice(c: Completion) -> dict[str, Any]:
+    """text, finish_reason and (when asked for) logprobs of one sample, for plain and chat lines."""
+    out: dict[str, Any] = {"text": c.text, "finish_reason": c.finish_reason}
+    if c.logprobs is not None:
+        out["logprobs"] = [_plain_logprob(lp) for lp in c.logprobs]
+    return out
 
 
 def _plain_logprob(lp: TokenLogprob) -> dict[str, Any]:

@@ -33,15 +33,16 @@ class Backend(Protocol):
     """The engine side of a job (cli.backend.EngineBackend; tests use an echoing fake)."""
 
     model_name: str
+    extra_requests: int  # requests beyond one per pending line (a line's n samples), after prepare
 
     def prepare(self, records: Iterator[tuple[InputRecord, bool]]) -> list[BadLine]:
         """Takes the job's good records with a flag "already in the output" (a stream, seen
         once); returns the pending ones the model cannot take (too long for its context)."""
 
-    def run(self, on_progress: Callable[[Any], None]) -> Iterator[tuple[Kind, Completion]]:
-        """Runs what prepare took, yielding each request's kind and Completion as it finishes.
-        on_progress gets engine progress (requests_done, prompt_tokens, prefill_tokens,
-        output_tokens, elapsed_s) after each step."""
+    def run(self, on_progress: Callable[[Any], None]) -> Iterator[tuple[Kind, tuple[Completion, ...]]]:
+        """Runs what prepare took, yielding each line's kind and Completions (one per sample, in
+        sample order) once all of them finished. on_progress gets engine progress
+        (requests_done, prompt_tokens, prefill_tokens, output_tokens, elapsed_s) after each step."""
 
 
 class Reporter(Protocol):
@@ -177,7 +178,7 @@ def run_job(
         tag = opts.fingerprint.tag
         counter = _PendingCounter()
         pairs = _pending(opts.input_path, done_lines, writer, tag, summary, counter)
-        rejected_count = 0
+        rejected_count = extra = 0
         if pending_lines:
             backend = backend_factory()
             rejected = backend.prepare(pairs)
@@ -188,10 +189,11 @@ def run_job(
             rejected_count = len(rejected)
             summary.errors += rejected_count
             summary.bad_lines += rejected_count
+            extra = backend.extra_requests
             stop_check()
 
             def on_progress(p: Any) -> None:
-                summary.requests = counter.good - rejected_count
+                summary.requests = counter.good - rejected_count + extra
                 summary.engine_s = p.elapsed_s
                 summary.prefix_tokens_saved = max(0, p.prompt_tokens - p.prefill_tokens)
                 rep.progress(
@@ -200,14 +202,14 @@ def run_job(
                 )
                 stop_check()
 
-            for kind, completion in backend.run(on_progress):
-                writer.write(completion_record(kind, completion, backend.model_name, tag))
+            for kind, completions in backend.run(on_progress):
+                writer.write(completion_record(kind, completions, backend.model_name, tag))
                 summary.completed += 1
-                summary.prompt_tokens += completion.prompt_tokens
-                summary.output_tokens += completion.completion_tokens
+                summary.prompt_tokens += completions[0].prompt_tokens
+                summary.output_tokens += sum(c.completion_tokens for c in completions)
         for _ in pairs:  # a backend that stopped reading early: the remaining bad lines' records
             pass
-        summary.requests = counter.good - rejected_count
+        summary.requests = counter.good - rejected_count + extra
         stop_check()
         writer.close(complete=True, last_run=_finish(summary).figures())
     return summary

@@ -25,11 +25,11 @@ from batchllm_cli.io.fields import FieldError, SamplingOverrides
 Kind = Literal["plain", "chat", "openai_chat", "openai_completion"]
 OPENAI_URLS: dict[str, Kind] = {"/v1/chat/completions": "openai_chat", "/v1/completions": "openai_completion"}
 OPENAI_KEYS = ("custom_id", "method", "url", "body")
-PLAIN_KEYS = ("id", "prompt", "messages", *F.SAMPLING_FIELDS)
+PLAIN_KEYS = ("id", "prompt", "messages", "n", *F.SAMPLING_FIELDS)
 _OPENAI_NAMES = frozenset(OPENAI_KEYS)
 _PLAIN_NAMES = frozenset(PLAIN_KEYS)
-CHAT_BODY_KEYS = ("model", "messages", "max_completion_tokens", "user", "metadata", "store", "service_tier")
-COMPLETION_BODY_KEYS = ("model", "prompt", "user")
+CHAT_BODY_KEYS = ("model", "messages", "max_completion_tokens", "n", "user", "metadata", "store", "service_tier")
+COMPLETION_BODY_KEYS = ("model", "prompt", "n", "user")
 
 # The longest line read: 4 MiB is about 8x the text of a 128k-token context (the largest any
 # supported model has) with room for JSON escapes; a longer line cannot fit any model, and
@@ -48,6 +48,7 @@ class InputRecord:
     prompt: str | None  # plain and openai_completion
     messages: tuple[dict[str, str], ...] | None  # chat and openai_chat
     sampling: SamplingOverrides
+    n: int | None = None  # samples of the prompt to answer with; None = the job default
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +116,10 @@ def _plain(obj: dict[str, Any], line: int, rid: str) -> InputRecord:
     if has_prompt == has_messages:
         why = "both" if has_prompt else "neither"
         raise FieldError(None, f"a line needs exactly one of prompt or messages, it has {why}", "missing_prompt")
-    sampling = F.sampling_overrides(obj)
+    sampling, n = F.sampling_overrides(obj), F.sample_count(obj)
     if has_prompt:
-        return InputRecord(line, rid, "plain", F.prompt_text(obj["prompt"]), None, sampling)
-    return InputRecord(line, rid, "chat", None, F.messages(obj["messages"]), sampling)
+        return InputRecord(line, rid, "plain", F.prompt_text(obj["prompt"]), None, sampling, n)
+    return InputRecord(line, rid, "chat", None, F.messages(obj["messages"]), sampling, n)
 
 
 def _openai(obj: dict[str, Any], line: int, rid: str | None) -> InputRecord | BadLine:
@@ -145,10 +146,12 @@ def _openai(obj: dict[str, Any], line: int, rid: str | None) -> InputRecord | Ba
             _no_unknown(body, CHAT_BODY_KEYS)
             key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
             sampling = F.sampling_overrides(body, key, "chat")
-            return InputRecord(line, rid, kind, None, F.messages(body.get("messages")), sampling)
+            messages = F.messages(body.get("messages"))
+            return InputRecord(line, rid, kind, None, messages, sampling, F.sample_count(body))
         _no_unknown(body, COMPLETION_BODY_KEYS)
         sampling = F.sampling_overrides(body, logprobs_style="completion")
-        return InputRecord(line, rid, kind, _completion_prompt(body.get("prompt")), None, sampling)
+        prompt = _completion_prompt(body.get("prompt"))
+        return InputRecord(line, rid, kind, prompt, None, sampling, F.sample_count(body))
     except FieldError as exc:
         return BadLine(line, rid, exc.code, str(exc), exc.param, openai=True)
 
