@@ -28,7 +28,8 @@ BAD = [
     (b'{"id": "longprompt", "prompt": "' + b" word" * 40_000 + b'"}', "longprompt", "context_length_exceeded"),
     (b"[1, 2, 3]", None, "invalid_json"),
     (b'{"id": "both", "prompt": "a", "messages": []}', "both", "missing_prompt"),
-    (b'{"id": "n", "prompt": "a", "n": 3}', "n", None),
+    (b'{"id": "best", "prompt": "a", "best_of": 3}', "best", None),
+    (b'{"id": "many", "prompt": "a", "n": 500}', "many", "invalid_field"),
 ]
 TINY = ["--model", "tiny-llama", "--max-tokens", "4"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two torch threads stall each other on a busy machine
