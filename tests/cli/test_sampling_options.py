@@ -88,3 +88,8 @@ def test_n_samples_of_a_line_share_its_prompt_and_answer_as_choices(tmp_path: Pa
     sidecar = json.loads(Path(str(out) + ".batchllm.json").read_text())
     assert sidecar["settings"]["n"] == 2 and sidecar["records"] == 3
     assert sidecar["last_run"]["requests"] == 7 and sidecar["last_run"]["completed"] == 3
+    prompts = {k: r["usage"]["prompt_tokens"] if "usage" in r else r["response"]["body"]["usage"]["prompt_tokens"]
+               for k, r in recs.items()}
+    # every sample's prompt counts, as the engine's prefix saving does (saved <= prompt tokens)
+    assert sidecar["last_run"]["prompt_tokens"] == 3 * prompts["sampled"] + 2 * prompts["greedy"] + 2 * prompts["oa"]
+    assert 0 < sidecar["last_run"]["prefix_tokens_saved"] < sidecar["last_run"]["prompt_tokens"]

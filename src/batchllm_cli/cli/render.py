@@ -30,6 +30,8 @@ def job_summary_table(s: "JobSummary") -> Table:
     if s.resumed:
         t.add_row("already in the output (resumed)", f"{s.resumed:,}")
     t.add_row("answered by this run", f"{s.completed:,}")
+    if s.requests_done != s.completed:
+        t.add_row("requests (n samples a line)", f"{s.requests_done:,}")
     t.add_row("bad lines (error records)", f"{s.bad_lines:,}")
     t.add_row("prompt tokens", f"{s.prompt_tokens:,}")
     saved = s.prefix_tokens_saved / s.prompt_tokens if s.prompt_tokens else 0.0
@@ -38,7 +40,7 @@ def job_summary_table(s: "JobSummary") -> Table:
     t.add_row("engine time", f"{s.engine_s:.1f} s")
     t.add_row("wall time", f"{s.wall_s:.1f} s")
     if s.engine_s > 0:
-        t.add_row("throughput", f"{s.completed / s.engine_s:.2f} requests/s, {s.output_tokens_per_s:.1f} output tokens/s")
+        t.add_row("throughput", f"{s.requests_done / s.engine_s:.2f} requests/s, {s.output_tokens_per_s:.1f} output tokens/s")
     return t
 
 

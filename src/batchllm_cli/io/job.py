@@ -101,7 +101,8 @@ class JobSummary:
     resumed: int = 0  # records found in the output at the start
     torn_bytes: int = 0  # bytes of a torn last line cut off at the start
     requests: int = 0  # requests run by this run
-    completed: int = 0
+    completed: int = 0  # lines answered by this run
+    requests_done: int = 0  # their requests (a line with n samples is n requests)
     errors: int = 0  # error records written by this run
     prompt_tokens: int = 0
     output_tokens: int = 0
@@ -205,7 +206,8 @@ def run_job(
             for kind, completions in backend.run(on_progress):
                 writer.write(completion_record(kind, completions, backend.model_name, tag))
                 summary.completed += 1
-                summary.prompt_tokens += completions[0].prompt_tokens
+                summary.requests_done += len(completions)
+                summary.prompt_tokens += sum(c.prompt_tokens for c in completions)  # as the engine counts
                 summary.output_tokens += sum(c.completion_tokens for c in completions)
         for _ in pairs:  # a backend that stopped reading early: the remaining bad lines' records
             pass
