@@ -42,7 +42,7 @@ def tiny_run(tmp_path_factory, monkeypatch_module):
     (tmp / "tiny.toml").write_text(TINY)
     out = tmp / "res" / "b.json"
     args = ["bench", str(tmp / "tiny.toml"), "--model", "tiny-llama", "--device", "cpu",
-            "--no-sharing-too", "--peers", "hf", "--out", str(out), "--threads", "1", "--kv-blocks", "64"]  # fmt: skip
+            "--no-sharing-too", "--peers", "hf,vllm-like,sglang-like", "--out", str(out), "--threads", "1", "--kv-blocks", "64"]  # fmt: skip
     result = CliRunner().invoke(_app(), args)
     return result, out
 
@@ -61,7 +61,7 @@ def test_bench_runs_every_system_and_writes_its_json(tiny_run):
     assert doc["workload"]["num_requests"] == 8 and doc["model"] == "tiny-llama"
     assert doc["device"] == "cpu" and doc["dtype"] == "float32"
     runs = {r["system"]: r for r in doc["runs"]}
-    assert list(runs) == ["batchllm", "batchllm-no-sharing", "hf-generate-batch"]
+    assert list(runs) == ["batchllm", "batchllm-no-sharing", "vllm-like", "sglang-like", "hf-generate-batch"]
     for r in runs.values():
         assert (r["num_requests"], r["output_tokens"], r["short_outputs"]) == (8, 32, 0)
         assert r["elapsed_s"] > 0 and r["requests_per_s"] == pytest.approx(8 / r["elapsed_s"], rel=2e-3)
@@ -72,7 +72,9 @@ def test_bench_runs_every_system_and_writes_its_json(tiny_run):
     assert runs["batchllm-no-sharing"]["prefill_tokens"] == 320
     assert runs["batchllm"]["steps"] > 0 and runs["batchllm"]["kv_pool_blocks"] == 64
     assert runs["hf-generate-batch"]["prefill_tokens"] is None
-    assert set(doc["speedups"]) == {"batchllm/batchllm-no-sharing", "batchllm/hf-generate-batch"}
+    for peer in ("vllm-like", "sglang-like"):  # what the LRU cache still held when a request came
+        assert 192 <= runs[peer]["prefill_tokens"] <= 320 and runs[peer]["kv_pool_blocks"] == 64
+    assert set(doc["speedups"]) == {f"batchllm/{s}" for s in list(runs)[1:]}
     assert "batchllm-no-sharing" in result.output and "results written to" in result.output
 
 
@@ -84,7 +86,7 @@ def test_bench_without_a_workload_lists_them():
 
 @pytest.mark.parametrize(
     "args, match",
-    [(["bench", "no-such-workload"], "peers-1b"), (["bench", "peers-1b", "--peers", "vllm"], "choose from hf")],
+    [(["bench", "no-such-workload"], "peers-1b"), (["bench", "peers-1b", "--peers", "vllm"], "choose from hf, vllm-like")],
 )
 def test_bench_refuses_unknown_names(args, match):
     result = CliRunner().invoke(_app(), args)

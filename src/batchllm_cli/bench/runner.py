@@ -21,6 +21,7 @@ from batchllm_cli.types import SamplingParams
 SYSTEM_SHARING = "batchllm"
 SYSTEM_NO_SHARING = "batchllm-no-sharing"
 SYSTEM_HF = "hf-generate-batch"
+POLICY_SYSTEMS = ("vllm-like", "sglang-like")  # the peers' scheduling on our engine (engine/caching.py)
 WARMUP_GROUPS = 2  # groups of the workload in the warm-up run
 WARMUP_OUTPUT = 8  # output tokens per warm-up request: enough decode steps to reach steady state
 
@@ -55,12 +56,18 @@ def run_engine(
     prefix_sharing: bool,
     warmup: bool = True,
     on_event: EventFn | None = None,
+    policy: str = "batchllm",
     **overrides: Any,
 ) -> RunResult:
-    """One timed run of our engine on `workload`; the KV pool is freed before returning."""
+    """One timed run of our engine on `workload` (with BatchLLM's plan, or a peer's `policy`);
+    the KV pool is freed before returning."""
     from batchllm_cli.engine.llm import LLM
 
-    system = SYSTEM_SHARING if prefix_sharing else SYSTEM_NO_SHARING
+    if policy != "batchllm":
+        system = policy
+        overrides["policy"] = policy
+    else:
+        system = SYSTEM_SHARING if prefix_sharing else SYSTEM_NO_SHARING
     emit = on_event or (lambda *_: None)
     llm = LLM.from_loaded(bench.source, bench.model, config=bench.config, prefix_sharing=prefix_sharing, **overrides)
     try:
@@ -141,6 +148,9 @@ def run_systems(
             results.append(run_engine(bench, workload, prefix_sharing=True, warmup=warmup, on_event=on_event))
         elif system == SYSTEM_NO_SHARING:
             results.append(run_engine(bench, workload, prefix_sharing=False, warmup=warmup, on_event=on_event))
+        elif system in POLICY_SYSTEMS:
+            results.append(run_engine(bench, workload, prefix_sharing=False, warmup=warmup, on_event=on_event,
+                                      policy=system))
         elif system == SYSTEM_HF:
             from batchllm_cli.bench.hf_peer import run_hf_peer
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from batchllm_cli.bench.report import BenchReport
     from batchllm_cli.bench.workloads import Saving, Workload, WorkloadSpec
 
-PEERS = ("hf",)
+PEERS = ("hf", "vllm-like", "sglang-like")
 
 
 def bench(
@@ -34,7 +34,7 @@ def bench(
         Optional[int], typer.Option("--requests", "-n", min=1, help="Scale the workload to about N requests.")
     ] = None,
     peers: Annotated[
-        Optional[list[str]], typer.Option("--peers", help="Peers to run beside ours: hf (transformers generate_batch).")
+        Optional[list[str]], typer.Option("--peers", help="Peers to run beside ours: hf (transformers generate_batch); vllm-like, sglang-like (their scheduling and LRU prefix cache on our engine).")
     ] = None,
     no_sharing_too: Annotated[
         bool, typer.Option("--no-sharing-too", help="Also run our engine with prefix sharing off.")
@@ -107,11 +107,12 @@ def _parse_peers(peers: list[str]) -> list[str]:
 
 
 def _systems(no_sharing_too: bool, peers: list[str]) -> list[str]:
-    from batchllm_cli.bench.runner import SYSTEM_HF, SYSTEM_NO_SHARING, SYSTEM_SHARING
+    from batchllm_cli.bench.runner import POLICY_SYSTEMS, SYSTEM_HF, SYSTEM_NO_SHARING, SYSTEM_SHARING
 
     systems = [SYSTEM_SHARING]
     if no_sharing_too:
         systems.append(SYSTEM_NO_SHARING)
+    systems += [p for p in peers if p in POLICY_SYSTEMS]
     if "hf" in peers:
         systems.append(SYSTEM_HF)
     return systems

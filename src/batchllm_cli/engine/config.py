@@ -10,6 +10,7 @@ from typing import Any
 from batchllm_cli.errors import ConfigError
 
 _DEVICE_TABLES = ("cpu", "cuda")
+_POLICIES = ("batchllm", "vllm-like", "sglang-like")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class EngineConfig:
     prefix_sharing: bool = True
     cuda_graphs: bool = False
     seed: int = 0
+    # how requests are scheduled: "batchllm" (the plan's prefix groups), or a peer's policy on
+    # this engine for comparisons: "vllm-like" / "sglang-like" (engine/caching.py)
+    policy: str = "batchllm"
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -46,6 +50,8 @@ class EngineConfig:
             raise ConfigError(f"min_prefix_tokens must be at least 1, got {self.min_prefix_tokens}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.policy not in _POLICIES:
+            raise ConfigError(f"policy must be one of {', '.join(_POLICIES)}, got {self.policy!r}")
         if self.device.split(":")[0] not in _DEVICE_TABLES:
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}")
 

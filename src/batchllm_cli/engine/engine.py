@@ -8,7 +8,7 @@ from typing import Callable, Iterator, Sequence
 
 from batchllm_cli.engine.block_pool import BlockPool
 from batchllm_cli.engine.runner import ModelRunner
-from batchllm_cli.engine.scheduler import Scheduler
+from batchllm_cli.engine.caching import make_scheduler
 from batchllm_cli.engine.state import RequestState, Status
 from batchllm_cli.engine.stop import StopChecker
 from batchllm_cli.planner.plan import Plan
@@ -45,10 +45,15 @@ def run_plan(
     token_budget: int,
     memory_bound: float,
     on_progress: ProgressFn | None = None,
+    policy: str = "batchllm",
 ) -> Iterator[Completion]:
-    """Executes `plan` on `runner`, yielding each request's Completion as soon as it finishes."""
+    """Executes `plan` on `runner`, yielding each request's Completion as soon as it finishes.
+
+    policy: "batchllm" runs the plan's groups; "vllm-like" / "sglang-like" ignore them and run
+    the requests in order over an LRU prefix cache (engine/caching.py), for comparisons."""
     pool = BlockPool(runner.num_blocks)
-    scheduler = Scheduler(
+    scheduler = make_scheduler(
+        policy,
         requests,
         plan.groups,
         pool,
@@ -98,6 +103,6 @@ def _completion(state: RequestState, stop: StopChecker) -> Completion:
         token_ids=tuple(state.output_ids),
         finish_reason=state.finish_reason,
         prompt_tokens=r.prompt_len,
-        shared_prefix_tokens=state.group.prefix_len,
+        shared_prefix_tokens=state.group.prefix_len + state.cached_len,
         logprobs=stop.with_token_texts(state.logprobs) if r.sampling.logprobs is not None else None,
     )

@@ -141,6 +141,7 @@ class LLM:
             token_budget=self.config.token_budget,
             memory_bound=self.config.memory_bound,
             on_progress=on_progress,
+            policy=self.config.policy,
         )
 
     def generate(

@@ -156,38 +156,42 @@ class Scheduler:
             )
         budget = self.token_budget - len(taken)
 
-        # 2. prefills in flight, 3. new work in plan order
+        # 2. prefills in flight, 3. new work
         for unit in self._prefilling:
             if budget == 0:
                 break
             budget -= self._add_chunk(unit, budget, items, shared_id)
+        self._admit_new(budget, items, shared_id)
+        return self._finish_batch(items, shared)
+
+    def _admit_new(self, budget: int, items: list[StepItem], shared_id: Callable[[GroupState], int]) -> None:
+        """Starts new work in plan order with what is left of the step's token budget."""
         while budget > 0:
             group = self._open
             if group is None:
                 if self._next_group >= len(self.groups):
-                    break
+                    return
                 group = self._try_admit_group()
                 if group is None:
-                    break
+                    return
                 self._open = group
                 if group.prefix_len > 0:
                     self._prefilling.append(group)
                     budget -= self._add_chunk(group, budget, items, shared_id)
             if not group.prefix_done:
-                break  # its members start once the prefix is stored
+                return  # its members start once the prefix is stored
             while budget > 0 and (group.waiting or not group.fully_admitted):
                 if not group.waiting:
                     if not self._fits(self._own_blocks(group.members[group.next_member], group)):
-                        return self._finish_batch(items, shared)
+                        return
                     group.waiting.append(self._admit_member(group))
                 state = group.waiting.pop(0)
                 state.status = Status.PREFILL
                 self._prefilling.append(state)
                 budget -= self._add_chunk(state, budget, items, shared_id)
             if group.waiting or not group.fully_admitted:
-                break
+                return
             self._open = None
-        return self._finish_batch(items, shared)
 
     def _add_chunk(
         self,
@@ -263,6 +267,7 @@ class Scheduler:
             if state.status is Status.PREFILL:
                 state.status = Status.DECODE
                 self._decoding.append(state)
+                self._prompt_stored(state)
             reason = stop(state) if stop is not None else None
             if reason is None and state.num_output >= state.request.sampling.max_tokens:
                 reason = "length"
@@ -277,6 +282,9 @@ class Scheduler:
         if finished:
             self._decoding = [s for s in self._decoding if s.status is Status.DECODE]
         return finished
+
+    def _prompt_stored(self, state: RequestState) -> None:
+        """Called once a request's whole prompt is in the KV cache (a hook for subclasses)."""
 
     def active_states(self) -> dict[int, RequestState]:
         """Requests that are prefilling or decoding, by request index."""

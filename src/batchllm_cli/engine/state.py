@@ -53,6 +53,7 @@ class RequestState:
     group: GroupState
     own_blocks: list[int] = field(default_factory=list)
     computed: int = 0  # own (distinct) prompt tokens whose KV is stored
+    cached_len: int = 0  # of those, tokens found in a prefix cache (caching policies) at admission
     output_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)  # one per output id, if asked for
     status: Status = Status.WAITING
