@@ -32,6 +32,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0  # subtracted once per earlier occurrence in the output
     repetition_penalty: float = 1.0  # logits of prompt and output tokens divided by it (> 0 logits) or multiplied
     logprobs: int | None = None  # None = none; k = each output token's logprob and the k most likely
+    min_tokens: int = 0  # no EOS and no stop string before this many tokens (at most max_tokens)
 
     def __post_init__(self) -> None:
         from batchllm_cli.errors import ConfigError
@@ -51,6 +52,8 @@ class SamplingParams:
                 raise ConfigError(f"{name} must be in [-{MAX_PENALTY}, {MAX_PENALTY}], got {getattr(self, name)}")
         if not self.repetition_penalty > 0:
             raise ConfigError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.min_tokens < 0:
+            raise ConfigError(f"min_tokens must be >= 0, got {self.min_tokens}")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             raise ConfigError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
 

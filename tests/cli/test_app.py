@@ -32,7 +32,7 @@ def test_run_help_has_every_option_and_examples() -> None:
     for option in ("--output", "--model", "--max-tokens", "--temperature", "--top-p", "--top-k", "--seed",
                    "--stop", "--strict", "--overwrite", "--plan", "--no-prefix-sharing", "--token-budget",
                    "--device", "--quiet", "--min-p", "--presence-penalty", "--frequency-penalty",
-                   "--repetition-penalty", "--logprobs"):
+                   "--repetition-penalty", "--logprobs", "--min-tokens", "--n"):
         assert option in result.output, option
     assert "batchllm run sample_data/prompts.jsonl -o out.jsonl" in result.output
     assert "resume" in result.output

@@ -58,7 +58,7 @@ def test_new_options_join_the_fingerprint_only_when_set(job) -> None:
     inp, out, _ = job
     settings = json.loads(Path(str(out) + ".batchllm.json").read_text())["settings"]
     assert settings["max_tokens"] == 4
-    assert not {"min_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs"} & set(settings)
+    assert not {"min_tokens", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs"} & set(settings)
     assert _invoke(inp, out).exit_code == 0  # same settings: complete, nothing to do
     refused = _invoke(inp, out, "--repetition-penalty", "1.2")
     assert refused.exit_code == 3 and "--overwrite" in refused.output

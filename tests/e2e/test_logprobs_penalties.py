@@ -88,3 +88,16 @@ def test_frequency_penalty_breaks_repeats(llm):
     ])
     assert plain.text.startswith(" 5, 6, 7, 8,") and most_repeated(plain) >= 4  # ", " again and again
     assert most_repeated(frequency) < most_repeated(plain)
+
+
+def test_min_tokens_holds_back_eos_and_stop_strings(llm):
+    chat = [[{"role": "user", "content": "Name a fruit that is red."}]]
+    [short] = llm.generate(chat, SamplingParams(max_tokens=40))
+    assert short.finish_reason == "stop" and short.token_ids[-1] in llm.model_config.eos_token_ids
+    n = len(short.token_ids) + 4
+    [longer] = llm.generate(chat, SamplingParams(max_tokens=40, min_tokens=n))
+    assert len(longer.token_ids) >= n
+    assert not set(longer.token_ids[:n]) & set(llm.model_config.eos_token_ids)
+    assert longer.token_ids[: len(short.token_ids) - 1] == short.token_ids[:-1]  # the same until EOS was due
+    [cut] = llm.generate(["1, 2, 3, 4,"], SamplingParams(max_tokens=12, stop=(",",), min_tokens=4))
+    assert len(cut.token_ids) >= 4 and cut.text.startswith(" 5, 6")

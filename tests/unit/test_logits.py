@@ -89,3 +89,16 @@ def test_reports_go_only_to_rows_that_ask_and_ignore_temperature():
     assert reports[1].token_id == tokens[1] and len(reports[1].top) == 2
     assert reports[1].logprob == pytest.approx(ref[1, tokens[1]].item(), abs=1e-6)
     assert reports[2].top == () and reports[2].logprob == pytest.approx(ref[2, tokens[2]].item(), abs=1e-6)
+
+
+def test_rows_short_of_min_tokens_never_draw_eos():
+    logits = torch.zeros(3, VOCAB)
+    logits[:, 2] = 5.0  # EOS is the favourite
+    eos = Sampler(eos_token_ids=[2])
+    rows = [SampleRow(SamplingParams(min_tokens=2), 0, 1), SampleRow(SamplingParams(min_tokens=2), 1, 2),
+            SampleRow(SamplingParams(min_tokens=4, temperature=1.0, seed=1), 2, 0)]
+    assert eos(logits, rows)[:2] == [0, 2]  # position 1 < 2: not EOS; position 2: EOS allowed
+    draws = eos(logits[2:].expand(50, VOCAB), [SampleRow(rows[2].params, 2, 0)] * 50)
+    assert 2 not in draws
+    assert Sampler()(logits[:1], rows[:1]) == [2]  # no EOS ids known: nothing to keep out
+    assert logits[0, 2] == 5.0  # the caller's logits are untouched

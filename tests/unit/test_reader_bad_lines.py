@@ -249,3 +249,9 @@ def test_openai_endpoints_take_their_own_logprobs_spelling() -> None:
     cmpl = openai_line("/v1/completions", {"prompt": "x", "logprobs": True, "top_logprobs": 2})
     assert bad_line(cmpl).param == "top_logprobs"
     assert bad_line(openai_line("/v1/completions", {"prompt": "x", "logprobs": True})).param == "logprobs"
+
+
+def test_min_tokens_is_read_and_checked() -> None:
+    rec = parse_obj({"prompt": "p", "min_tokens": 5})
+    assert isinstance(rec, InputRecord) and rec.sampling.min_tokens == 5
+    assert bad_line({"id": "q", "prompt": "p", "min_tokens": -1}).param == "min_tokens"

@@ -38,6 +38,7 @@ def run(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write one JSON result per input line; - writes them to standard output (no resume).", show_default=False)],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Preset name (see `batchllm models`), .gguf file or model directory. Default: the embedded SmolLM2-135M.")] = None,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most new tokens per request (a line's max_tokens wins).")] = 256,
+    min_tokens: Annotated[int, typer.Option(min=0, help="No EOS and no stop string before this many new tokens (a line's min_tokens wins).")] = 0,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy (deterministic); a line's temperature wins.")] = 0.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling cut (1 = off).")] = 1.0,
     top_k: Annotated[int, typer.Option(min=0, help="Top-k sampling cut (0 = off).")] = 0,
@@ -79,7 +80,7 @@ def run(
         defaults = SamplingParams(
             max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, stop=tuple(stop or ()),
             min_p=min_p, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
-            repetition_penalty=repetition_penalty, logprobs=logprobs,
+            repetition_penalty=repetition_penalty, logprobs=logprobs, min_tokens=min_tokens,
         )
         devices = parse_devices(device) if device and "," in device else None
         config = load_engine_config(
@@ -125,7 +126,7 @@ def run(
 
 
 # Sampling options added after the first fingerprint, and their "off" values.
-_OFF = {"min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "logprobs": None}
+_OFF = {"min_tokens": 0, "min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "logprobs": None}
 
 
 def model_key(model: str | None) -> str:

@@ -54,7 +54,7 @@ class ModelRunner:
         self.kv_caches = allocate_kv_cache(
             self.model_config, num_blocks, config.block_size, config.dtype, self.device
         )
-        self.sampler = Sampler(job_seed=config.seed)
+        self.sampler = Sampler(job_seed=config.seed, eos_token_ids=self.model_config.eos_token_ids)
         self.graphs: DecodeGraphs | None = None
         if config.cuda_graphs and self.device.type == "cuda":
             from batchllm_cli.engine.cuda_graphs import DecodeGraphs

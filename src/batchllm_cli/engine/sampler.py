@@ -99,15 +99,22 @@ def restrict_support(
 class Sampler:
     """Draws one token per row of logits, as each row's SamplingParams say."""
 
-    def __init__(self, job_seed: int = 0) -> None:
+    def __init__(self, job_seed: int = 0, eos_token_ids: Sequence[int] = ()) -> None:
         self.job_seed = job_seed
+        self.eos_token_ids = list(eos_token_ids)  # never drawn by a row short of its min_tokens
 
     def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> list[int]:
         """logits [rows, vocab] float32 -> one token id per row."""
         assert logits.shape[0] == len(rows)
         penalized = [i for i, r in enumerate(rows) if r.params.has_penalties]
+        too_short = [i for i, r in enumerate(rows) if r.position < r.params.min_tokens] if self.eos_token_ids else []
+        if penalized or too_short:
+            logits = logits.clone()  # the caller's raw logits stay as they are (logprob reports)
+        if too_short:
+            row_idx = torch.tensor(too_short, device=logits.device)[:, None]
+            eos_idx = torch.tensor(self.eos_token_ids, device=logits.device)[None, :]
+            logits[row_idx, eos_idx] = float("-inf")
         if penalized:
-            logits = logits.clone()
             sub = [rows[i] for i in penalized]
             logits[penalized] = apply_penalties(
                 logits[penalized],

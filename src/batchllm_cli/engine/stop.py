@@ -27,14 +27,15 @@ class StopChecker:
         """Called after each new token of `state`."""
         token = state.output_ids[-1]
         params = state.request.sampling
-        if token in self.eos_token_ids and not params.ignore_eos:
+        early = state.num_output < params.min_tokens  # no stop yet (the sampler keeps EOS out)
+        if token in self.eos_token_ids and not params.ignore_eos and not early:
             return "stop"
         if params.stop and self.tokenizer is not None:
             detok = self._detok.get(state.index)
             if detok is None:
                 detok = self._detok[state.index] = IncrementalDetokenizer(self.tokenizer)
             old_len = len(detok.text)
-            if detok.add(token):
+            if detok.add(token) and not early:
                 # a match may straddle the old end: look back one stop string's length
                 start = max(0, old_len - max(len(s) for s in params.stop) + 1)
                 hits = [p for p in (detok.text.find(s, start) for s in params.stop) if p >= 0]

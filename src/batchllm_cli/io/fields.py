@@ -14,7 +14,7 @@ from typing import Any, Literal
 from batchllm_cli.types import MAX_LOGPROBS, MAX_PENALTY, SamplingParams
 
 SAMPLING_FIELDS = (
-    "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "min_p",
+    "max_tokens", "min_tokens", "temperature", "top_p", "top_k", "seed", "stop", "min_p",
     "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs", "top_logprobs",
 )
 # How a line kind spells logprobs: OpenAI chat `logprobs: true` + `top_logprobs: k`; OpenAI
@@ -29,7 +29,6 @@ MAX_SEED = 2**63  # seeds are kept as signed 64-bit values
 # unless set to the value that means "off", so that a request never silently runs differently.
 NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
     "best_of": (1,),
-    "min_tokens": (0,),
     "stream": (False,),
     "echo": (False,),
     "logit_bias": ({},),
@@ -74,6 +73,7 @@ class SamplingOverrides:
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
     logprobs: int | None = None  # LOGPROBS_OFF: none, whatever the job default
+    min_tokens: int | None = None
 
     def apply(self, defaults: SamplingParams) -> SamplingParams:
         if self is NO_OVERRIDES:
@@ -142,8 +142,12 @@ def sampling_overrides(
         if repetition <= 0:
             raise FieldError("repetition_penalty", f"repetition_penalty must be > 0, got {repetition}")
     logprobs = _logprobs(obj, logprobs_style)
+    min_tokens = obj.get("min_tokens")
+    if min_tokens is not None and (not _is_int(min_tokens) or min_tokens < 0):
+        raise FieldError("min_tokens", f"min_tokens must be an integer >= 0, got {_show(min_tokens)}")
     return SamplingOverrides(
-        max_tokens, temperature, top_p, top_k, seed, stop, min_p, presence, frequency, repetition, logprobs
+        max_tokens, temperature, top_p, top_k, seed, stop, min_p, presence, frequency, repetition, logprobs,
+        min_tokens,
     )
 
 
