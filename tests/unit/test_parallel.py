@@ -86,7 +86,9 @@ def test_two_engines_answer_like_one(tmp_path: Path) -> None:
         out = tmp_path / f"{name}.jsonl"
         proc = subprocess.run(
             [sys.executable, "-m", "batchllm_cli", "run", str(src), "-o", str(out), "--model", "tiny-llama",
-             "--max-tokens", "4", "-q", *extra], capture_output=True, text=True, timeout=300, env=env)
+             "--max-tokens", "4", "--logprobs", "1", "-q", *extra], capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr
-        outs[name] = {json.loads(x)["id"]: json.loads(x)["text"] for x in out.read_text().splitlines()}
+        records = [json.loads(x) for x in out.read_text().splitlines()]
+        # logprobs travel back from the worker processes with their completions
+        outs[name] = {r["id"]: (r["text"], [lp["top_logprobs"][0]["token_id"] for lp in r["logprobs"]]) for r in records}
     assert len(outs["one"]) == 12 and outs["two"] == outs["one"]
