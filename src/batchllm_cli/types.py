@@ -10,6 +10,7 @@ import numpy as np
 FinishReason = Literal["stop", "length"]
 MAX_LOGPROBS = 20  # most alternatives per token (OpenAI's top_logprobs limit)
 MAX_PENALTY = 2.0  # presence / frequency penalty range, as OpenAI's
+MAX_BIAS = 100.0  # logit_bias range, as OpenAI's
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # logits of prompt and output tokens divided by it (> 0 logits) or multiplied
     logprobs: int | None = None  # None = none; k = each output token's logprob and the k most likely
     min_tokens: int = 0  # no EOS and no stop string before this many tokens (at most max_tokens)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) added to the logits (OpenAI's)
 
     def __post_init__(self) -> None:
         from batchllm_cli.errors import ConfigError
@@ -52,6 +54,8 @@ class SamplingParams:
                 raise ConfigError(f"{name} must be in [-{MAX_PENALTY}, {MAX_PENALTY}], got {getattr(self, name)}")
         if not self.repetition_penalty > 0:
             raise ConfigError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if any(not -MAX_BIAS <= b <= MAX_BIAS for _, b in self.logit_bias):
+            raise ConfigError(f"logit_bias values must be in [-{MAX_BIAS:g}, {MAX_BIAS:g}]")
         if self.min_tokens < 0:
             raise ConfigError(f"min_tokens must be >= 0, got {self.min_tokens}")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:

@@ -101,3 +101,14 @@ def test_min_tokens_holds_back_eos_and_stop_strings(llm):
     assert longer.token_ids[: len(short.token_ids) - 1] == short.token_ids[:-1]  # the same until EOS was due
     [cut] = llm.generate(["1, 2, 3, 4,"], SamplingParams(max_tokens=12, stop=(",",), min_tokens=4))
     assert len(cut.token_ids) >= 4 and cut.text.startswith(" 5, 6")
+
+
+def test_logit_bias_bans_and_forces_tokens(llm):
+    prompt = "The capital of France is"
+    paris, london = llm.tokenizer.encode(" Paris")[0], llm.tokenizer.encode(" London")[0]
+    plain, banned, forced = llm.generate([prompt] * 3, [
+        SamplingParams(max_tokens=1),
+        SamplingParams(max_tokens=1, logit_bias=((paris, -100.0),)),
+        SamplingParams(max_tokens=1, logit_bias=((london, 100.0),)),
+    ])
+    assert plain.token_ids == (paris,) and banned.token_ids != (paris,) and forced.token_ids == (london,)

@@ -166,3 +166,15 @@ def test_samples_are_gathered_into_one_answer_per_line_in_sample_order() -> None
     out = list(gather_samples((done(i) for i in order), kinds, samples, counts))
     assert [(kind, [c.index for c in cs]) for kind, cs in out] == [
         ("openai_chat", [3]), ("chat", [4, 5]), ("plain", [0, 1, 2])]
+
+
+def test_a_logit_bias_outside_the_vocabulary_is_a_bad_line() -> None:
+    class Sized(WordTokenizer):
+        vocab_size = 200
+
+    inside = _plain(1, "a b", SamplingOverrides(logit_bias=((199, 1.0),)))
+    outside = _plain(2, "a b", SamplingOverrides(logit_bias=((3, 1.0), (200, -5.0))))
+    tok = tokenize_records(iter([(inside, False), (outside, False)]), Sized(), 64, DEFAULTS, job_seed=5, keep_done=False)
+    assert [r.id for r in tok.requests] == ["q1"]
+    [bad] = tok.rejected
+    assert (bad.line, bad.param, bad.code) == (2, "logit_bias", "invalid_field") and "200" in bad.message

@@ -102,3 +102,15 @@ def test_rows_short_of_min_tokens_never_draw_eos():
     assert 2 not in draws
     assert Sampler()(logits[:1], rows[:1]) == [2]  # no EOS ids known: nothing to keep out
     assert logits[0, 2] == 5.0  # the caller's logits are untouched
+
+
+def test_logit_bias_moves_the_draw_but_not_the_reported_logprobs():
+    logits = _logits(2, seed=4)
+    top = int(logits[0].argmax())
+    other = (top + 1) % VOCAB
+    rows = [SampleRow(SamplingParams(logit_bias=((top, -100.0),)), 0, 0),
+            SampleRow(SamplingParams(logit_bias=((other, 100.0),), logprobs=0), 1, 0)]
+    tokens = Sampler()(logits, rows)
+    assert tokens[0] == int(logits[0].topk(2).indices[1]) and tokens[1] == other
+    [_, report] = report_logprobs(logits, rows, tokens)
+    assert report.logprob == pytest.approx(torch.log_softmax(logits[1], -1)[other].item(), abs=1e-6)

@@ -111,7 +111,7 @@ def test_top_k_minus_one_means_no_cut() -> None:
 
 def test_neutral_values_of_unsupported_options_are_accepted() -> None:
     """Options batchllm does not implement are fine when set to their "off" value."""
-    rec = parse_obj({"prompt": "p", "n": 1, "stream": False, "echo": False, "logit_bias": {}})
+    rec = parse_obj({"prompt": "p", "n": 1, "stream": False, "echo": False, "tools": []})
     assert isinstance(rec, InputRecord)
 
 

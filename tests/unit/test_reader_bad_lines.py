@@ -128,7 +128,7 @@ def test_needs_exactly_one_of_prompt_and_messages(obj: dict[str, Any], why: str)
 
 @pytest.mark.parametrize(
     "extra, param",
-    [({"best_of": 3}, "best_of"), ({"echo": True}, "echo"), ({"logit_bias": {"5": 1}}, "logit_bias"), ({"stream": True}, "stream")],
+    [({"best_of": 3}, "best_of"), ({"echo": True}, "echo"), ({"stream": True}, "stream")],
 )
 def test_unsupported_options_are_refused(extra: dict[str, Any], param: str) -> None:
     """An option batchllm does not implement, set to a value that changes the output, is refused."""
@@ -255,3 +255,13 @@ def test_min_tokens_is_read_and_checked() -> None:
     rec = parse_obj({"prompt": "p", "min_tokens": 5})
     assert isinstance(rec, InputRecord) and rec.sampling.min_tokens == 5
     assert bad_line({"id": "q", "prompt": "p", "min_tokens": -1}).param == "min_tokens"
+
+
+@pytest.mark.parametrize("bias", [{"x": 1}, {"5": 101}, {"5": "high"}, [5, 1]])
+def test_bad_logit_bias_is_an_invalid_field(bias: Any) -> None:
+    assert bad_line({"id": "q", "prompt": "p", "logit_bias": bias}).param == "logit_bias"
+
+
+def test_logit_bias_is_read_as_sorted_pairs() -> None:
+    rec = parse_obj({"prompt": "p", "logit_bias": {"17": -100, "3": 2.5}})
+    assert isinstance(rec, InputRecord) and rec.sampling.logit_bias == ((3, 2.5), (17, -100.0))

@@ -115,6 +115,12 @@ def _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, default
         params = rec.sampling.apply(defaults)
         if params.seed is None:
             params = replace(params, seed=request_seed(job_seed, rec.line))
+        vocab = getattr(tokenizer, "vocab_size", None)
+        if params.logit_bias and vocab is not None and params.logit_bias[-1][0] >= vocab:
+            if not done:
+                message = f"logit_bias names token {params.logit_bias[-1][0]}, outside the vocabulary of {vocab} tokens"
+                out.rejected.append(BadLine(rec.line, rec.id, "invalid_field", message, "logit_bias", _is_openai(rec)))
+            continue
         total = len(ids) + params.max_tokens
         if total > max_model_len:
             if not done:

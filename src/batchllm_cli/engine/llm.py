@@ -103,6 +103,8 @@ class LLM:
             raise InputError(f"request {rid!r}: the prompt is empty")
         if arr.min() < 0 or arr.max() >= self.model_config.vocab_size:
             raise InputError(f"request {rid!r}: token ids must be in [0, {self.model_config.vocab_size})")
+        if params.logit_bias and params.logit_bias[-1][0] >= self.model_config.vocab_size:
+            raise InputError(f"request {rid!r}: logit_bias token ids must be in [0, {self.model_config.vocab_size})")
         total = arr.shape[0] + params.max_tokens
         if total > self.max_model_len:
             raise InputError(

@@ -108,8 +108,12 @@ class Sampler:
         assert logits.shape[0] == len(rows)
         penalized = [i for i, r in enumerate(rows) if r.params.has_penalties]
         too_short = [i for i, r in enumerate(rows) if r.position < r.params.min_tokens] if self.eos_token_ids else []
-        if penalized or too_short:
+        biased = [i for i, r in enumerate(rows) if r.params.logit_bias]
+        if penalized or too_short or biased:
             logits = logits.clone()  # the caller's raw logits stay as they are (logprob reports)
+        for i in biased:
+            ids, bias = zip(*rows[i].params.logit_bias)
+            logits[i, list(ids)] += torch.tensor(bias, dtype=logits.dtype, device=logits.device)
         if too_short:
             row_idx = torch.tensor(too_short, device=logits.device)[:, None]
             eos_idx = torch.tensor(self.eos_token_ids, device=logits.device)[None, :]

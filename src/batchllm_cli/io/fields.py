@@ -11,17 +11,18 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
-from batchllm_cli.types import MAX_LOGPROBS, MAX_PENALTY, SamplingParams
+from batchllm_cli.types import MAX_BIAS, MAX_LOGPROBS, MAX_PENALTY, SamplingParams
 
 SAMPLING_FIELDS = (
     "max_tokens", "min_tokens", "temperature", "top_p", "top_k", "seed", "stop", "min_p",
-    "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs", "top_logprobs",
+    "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs", "top_logprobs", "logit_bias",
 )
 # How a line kind spells logprobs: OpenAI chat `logprobs: true` + `top_logprobs: k`; OpenAI
 # completions `logprobs: k`; our plain and chat lines either.
 LogprobsStyle = Literal["chat", "completion", "any"]
 LOGPROBS_OFF = -1  # a line's explicit "no logprobs" (wins over a job default)
 MAX_N = 128  # most samples of one prompt (OpenAI's limit for n)
+MAX_BIASED = 1024  # most tokens one line's logit_bias may name
 ROLES = ("system", "user", "assistant")
 MAX_SEED = 2**63  # seeds are kept as signed 64-bit values
 
@@ -31,7 +32,6 @@ NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
     "best_of": (1,),
     "stream": (False,),
     "echo": (False,),
-    "logit_bias": ({},),
     "tools": ([],),
     "tool_choice": ("none", "auto"),  # harmless while no tools are given
     "functions": ([],),
@@ -74,6 +74,7 @@ class SamplingOverrides:
     repetition_penalty: float | None = None
     logprobs: int | None = None  # LOGPROBS_OFF: none, whatever the job default
     min_tokens: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] | None = None
 
     def apply(self, defaults: SamplingParams) -> SamplingParams:
         if self is NO_OVERRIDES:
@@ -147,8 +148,25 @@ def sampling_overrides(
         raise FieldError("min_tokens", f"min_tokens must be an integer >= 0, got {_show(min_tokens)}")
     return SamplingOverrides(
         max_tokens, temperature, top_p, top_k, seed, stop, min_p, presence, frequency, repetition, logprobs,
-        min_tokens,
+        min_tokens, _logit_bias(obj.get("logit_bias")),
     )
+
+
+def _logit_bias(value: Any) -> tuple[tuple[int, float], ...] | None:
+    """OpenAI's {"token id": bias} as sorted (id, bias) pairs; None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) > MAX_BIASED:
+        raise FieldError("logit_bias", f"logit_bias must be an object of at most {MAX_BIASED} \"token id\": bias pairs, got {_show(value)}")
+    pairs = []
+    for key, bias in value.items():
+        if not (isinstance(key, str) and key.isdigit()):
+            raise FieldError("logit_bias", f"logit_bias keys must be token ids (\"123\"), got {_show(key)}")
+        bias = _number("logit_bias", bias)
+        if not -MAX_BIAS <= bias <= MAX_BIAS:
+            raise FieldError("logit_bias", f"logit_bias values must be in [-{MAX_BIAS:g}, {MAX_BIAS:g}], got {bias:g}")
+        pairs.append((int(key), bias))
+    return tuple(sorted(pairs))
 
 
 def _in_range(obj: dict[str, Any], name: str, low: float, high: float) -> float | None:
