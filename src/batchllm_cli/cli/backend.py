@@ -105,6 +105,7 @@ def _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, default
     tokens = 0
     texts = [rec.prompt for rec, _ in batch if rec.prompt is not None]
     encoded = iter(tokenizer.encode_batch(texts))
+    vocab = getattr(tokenizer, "vocab_size", None)  # bounds logit_bias ids
     for rec, done in batch:
         try:
             ids = next(encoded) if rec.prompt is not None else tokenizer.encode_chat(list(rec.messages or ()))
@@ -115,7 +116,6 @@ def _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, default
         params = rec.sampling.apply(defaults)
         if params.seed is None:
             params = replace(params, seed=request_seed(job_seed, rec.line))
-        vocab = getattr(tokenizer, "vocab_size", None)
         if params.logit_bias and vocab is not None and params.logit_bias[-1][0] >= vocab:
             if not done:
                 message = f"logit_bias names token {params.logit_bias[-1][0]}, outside the vocabulary of {vocab} tokens"

@@ -45,8 +45,6 @@ def completion_record(kind: Kind, completions: Sequence[Completion], model: str,
             "completion_tokens": sum(c.completion_tokens for c in completions),
             "shared_prefix_tokens": first.shared_prefix_tokens,
         }
-        if len(completions) == 1 and first.logprobs is not None:
-            record["logprobs"] = record.pop("logprobs")  # the long part last
         return record
     output_tokens = sum(c.completion_tokens for c in completions)
     usage = {
@@ -55,30 +53,22 @@ def completion_record(kind: Kind, completions: Sequence[Completion], model: str,
         "total_tokens": first.prompt_tokens + output_tokens,
         "prompt_tokens_details": {"cached_tokens": first.shared_prefix_tokens},
     }
-    if kind == "openai_chat":
-        choices = [
-            {
-                "index": k,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": None if c.logprobs is None else _chat_logprobs(c.logprobs),
-                "finish_reason": c.finish_reason,
-            }
-            for k, c in enumerate(completions)
-        ]
-        body = {"id": _ident(job_tag, "chatcmpl-", first.id), "object": "chat.completion"}
-    else:
-        choices = [
-            {
-                "index": k,
-                "text": c.text,
-                "logprobs": None if c.logprobs is None else _completion_logprobs(c.logprobs),
-                "finish_reason": c.finish_reason,
-            }
-            for k, c in enumerate(completions)
-        ]
-        body = {"id": _ident(job_tag, "cmpl-", first.id), "object": "text_completion"}
-    body.update(created=int(time.time()), model=model, choices=choices, usage=usage)
+    chat = kind == "openai_chat"
+    prefix, obj = ("chatcmpl-", "chat.completion") if chat else ("cmpl-", "text_completion")
+    body = {"id": _ident(job_tag, prefix, first.id), "object": obj, "created": int(time.time()), "model": model,
+            "choices": [_openai_choice(chat, k, c) for k, c in enumerate(completions)], "usage": usage}
     return _openai_envelope(job_tag, first.id, 200, body)
+
+
+def _openai_choice(chat: bool, index: int, c: Completion) -> dict[str, Any]:
+    """One choice of a chat.completion (message) or text_completion (text) body."""
+    if chat:
+        content: dict[str, Any] = {"message": {"role": "assistant", "content": c.text}}
+        logprobs = None if c.logprobs is None else _chat_logprobs(c.logprobs)
+    else:
+        content = {"text": c.text}
+        logprobs = None if c.logprobs is None else _completion_logprobs(c.logprobs)
+    return {"index": index, **content, "logprobs": logprobs, "finish_reason": c.finish_reason}
 
 
 def _plain_choice(c: Completion) -> dict[str, Any]:
