@@ -54,6 +54,7 @@ class EngineConfig:
             raise ConfigError(f"policy must be one of {', '.join(_POLICIES)}, got {self.policy!r}")
         if self.device.split(":")[0] not in _DEVICE_TABLES:
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        object.__setattr__(self, "device", normalize_device(self.device))
 
     @property
     def is_cuda(self) -> bool:
@@ -66,6 +67,12 @@ class EngineConfig:
         if unknown:
             raise ConfigError(f"unknown engine setting(s): {', '.join(sorted(unknown))}")
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def normalize_device(device: str) -> str:
+    """One spelling per device: "cuda" names the first GPU, "cuda:0" (torch.cuda.set_device and
+    Triton's current device need an index); other strings are returned as they are."""
+    return "cuda:0" if device == "cuda" else device
 
 
 def default_device() -> str:
