@@ -30,7 +30,7 @@ def run_policy(requests, policy, *, num_blocks, block_size, token_budget, memory
         assert batch.items and batch.num_tokens <= token_budget
         assert pool.num_used - sched.cache.num_evictable <= sched.block_limit
         prefill += batch.num_prefill_tokens
-        for state in sched._prefilling:
+        for state in sched.active_states().values():
             if state.index not in cached:
                 cached[state.index] = state.cached_len
                 order.append(state.index)

@@ -229,3 +229,75 @@ def test_simulate_counts_every_token_once():
         steps.append(batch.num_tokens)
         sched.update(batch, model.run(batch))
     assert tuple(steps) == result.tokens_per_step and pool.peak_used == result.peak_blocks
+
+
+def _industry(num_requests: int):
+    from batchllm_cli.bench.workloads import generate, load_spec
+    from batchllm_cli.planner import PlanSettings, build_plan
+
+    workload = generate(load_spec("industry").scaled(num_requests))
+    params = SamplingParams(max_tokens=workload.spec.output_len, ignore_eos=True)
+    requests = [Request(i, str(i), np.asarray(p, dtype=np.int32), params) for i, p in enumerate(workload.prompts)]
+    return requests, build_plan(requests, PlanSettings(num_kv_blocks=100_000)).groups
+
+
+@pytest.mark.parametrize("token_budget", [2048, 8192])
+def test_every_step_is_full_until_the_last_prefill(token_budget):
+    # The group walk admits as many groups per step as the budget takes (industry shape: groups of
+    # ~3 with ~1,570-token prefixes and ~30-token own parts): no step leaves budget unused while
+    # prompt tokens wait, so the step count is the token count over the budget plus the drain.
+    requests, groups = _industry(300)
+    result = simulate(requests, groups, num_blocks=100_000, block_size=16, token_budget=token_budget, memory_bound=0.95)
+    steps = result.tokens_per_step
+    pool = BlockPool(100_000)
+    sched = Scheduler(requests, groups, pool, block_size=16, token_budget=token_budget, memory_bound=0.95)
+    last_prefill = 0
+    while sched.has_work:
+        batch = sched.schedule()
+        if batch.num_prefill_tokens:
+            last_prefill = batch.step
+        sched.update(batch, [0] * len(batch.sample_items))
+    assert all(n == token_budget for n in steps[:last_prefill])
+    output_len = requests[0].sampling.max_tokens
+    total = result.prefill_tokens + result.decode_tokens
+    assert len(steps) <= -(-total // token_budget) + output_len
+
+
+def test_members_start_in_the_step_of_their_prefix_last_chunk():
+    requests, groups = _industry(60)
+    pool = BlockPool(100_000)
+    sched = Scheduler(requests, groups, pool, block_size=16, token_budget=4096, memory_bound=0.95)
+    model = FakeModel(100_000, 16, requests, groups)  # checks every context read back
+    prefix_done_at, first_member_at = {}, {}
+    done = {g: 0 for g in range(len(groups))}
+    while sched.has_work:
+        batch = sched.schedule()
+        for it in batch.items:
+            if it.kind == "prefix":
+                done[it.group] += it.q_len
+                if done[it.group] == groups[it.group].prefix_len:
+                    prefix_done_at[it.group] = batch.step
+            elif it.kind == "prefill":
+                first_member_at.setdefault(it.group, batch.step)
+        sched.update(batch, model.run(batch))
+    shared = [g for g, grp in enumerate(groups) if grp.prefix_len > 0]
+    assert shared and len(prefix_done_at) == len(shared)
+    # the first member runs with the prefix's last chunk whenever the budget had room for it
+    same = sum(first_member_at[g] == prefix_done_at[g] for g in shared)
+    assert same >= 0.9 * len(shared)
+    assert all(first_member_at[g] >= prefix_done_at[g] for g in shared)
+
+
+def test_a_group_too_big_to_reserve_whole_streams_its_members():
+    rng = np.random.default_rng(3)
+    prefix = rng.integers(0, VOCAB, 12)
+    prompts = [np.concatenate([prefix, rng.integers(0, VOCAB, 6)]).astype(np.int32) for _ in range(12)]
+    prompts += [rng.integers(0, VOCAB, 9).astype(np.int32) for _ in range(3)]
+    requests = [Request(i, str(i), p, SamplingParams(max_tokens=5)) for i, p in enumerate(prompts)]
+    groups = [PrefixGroup(0, (12,)), PrefixGroup(12, tuple(range(12))), PrefixGroup(0, (13,)), PrefixGroup(0, (14,))]
+    # the big group needs 3 + 12 * 3 = 39 blocks of 4 tokens whole; only 20 may be reserved
+    outputs, first_step, pool, sched = run_checked(requests, groups, num_blocks=20, block_size=4,
+                                                   token_budget=16, memory_bound=1.0)
+    assert outputs == {r.index: run_alone(r) for r in requests}
+    order = [m for g in groups for m in g.members]
+    assert [first_step[m] for m in order] == sorted(first_step[m] for m in order)  # FIFO kept

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 from batchllm_cli.engine.block_pool import BlockPool
 from batchllm_cli.engine.prefix_cache import PrefixCache
 from batchllm_cli.engine.scheduler import Scheduler
-from batchllm_cli.engine.state import GroupState, RequestState, Status, blocks_for
+from batchllm_cli.engine.state import GroupState, RequestState, blocks_for
 from batchllm_cli.engine.step import StepItem
 from batchllm_cli.planner.plan import PrefixGroup
 from batchllm_cli.types import FinishReason, Request
@@ -66,7 +66,7 @@ class CachingScheduler(Scheduler):
         return 0
 
     def _admit_new(self, budget: int, items: list[StepItem], shared_id: Callable[[GroupState], int]) -> None:
-        running = len(self._decoding) + sum(isinstance(u, RequestState) for u in self._prefilling)
+        running = len(self._running)
         while budget > 0 and self._waiting:
             if self.max_running is not None and running >= self.max_running:
                 return
@@ -81,11 +81,9 @@ class CachingScheduler(Scheduler):
             if need > self.pool.num_free:
                 self.cache.evict(need - self.pool.num_free)
             state = RequestState(request=request, group=self.groups[request.index], own_blocks=cached + self.pool.allocate(need),
-                                 computed=hit * self.block_size, cached_len=hit * self.block_size,
-                                 status=Status.PREFILL)
-            self._prefilling.append(state)
+                                 computed=hit * self.block_size, cached_len=hit * self.block_size)
             running += 1
-            budget -= self._add_chunk(state, budget, items, shared_id)
+            budget -= self._start(state, budget, items, shared_id)
 
     def _prompt_stored(self, state: RequestState) -> None:
         self.cache.insert(state.request.prompt_ids, state.own_blocks)

@@ -1,15 +1,25 @@
 """The scheduler: walks a Plan's groups and builds one StepBatch per iteration (pure Python).
 
-Each step takes, under one token budget:
+Each step takes, under one token budget (the paper's memory-centric token batching):
 1. the running decodes, one token each (round robin when there are more than the budget);
-2. the next chunks of prefills already in flight (group prefixes and requests' own parts);
-3. new work in plan order: a group is admitted with its prefix blocks and its first member's
-   worst-case blocks; the members start their own parts once the prefix is stored (a later step).
+2. the next chunks of the requests' own prompt parts already in flight;
+3. the admitted groups, in admission order: the next chunk of the shared prefix, then, once the
+   prefix's last chunk is issued (this step or earlier), their members' own parts: a member may
+   start in the same step as its prefix's last chunk, because every layer stores the step's K/V
+   before attention reads it;
+4. new groups in plan order, as many as the budget and the KV memory bound allow.
 
-Admission reserves every block a request may ever need (distinct part + max_tokens), so the
-pool never runs out mid-run and nothing is ever preempted. The walk stops at the first unit that
-does not fit the memory bound, and at the first group whose prefix is still being computed: at
-most one group is partly admitted at any time, which is what makes the FIFO walk deadlock-free.
+Admission reserves every block a request may ever need (distinct part + max_tokens), so the pool
+never runs out mid-run and nothing is ever preempted. A group is admitted whole (its prefix and
+every member's blocks) when it fits, so any number of groups can be in flight without deadlock.
+A group too big to ever fit whole streams instead: its prefix and first member are admitted, the
+other members one by one as memory frees, and no later group is admitted before its last member
+(the safe path: at most one group is partly admitted at a time). The walk stops at the first
+group that does not fit: plan order (the decode/prefill ratio order) is kept.
+
+Work is "issued" when it goes into a step: prefill progress advances at schedule time, since
+steps run in order on the device and anything issued is stored before a later step reads it.
+Sampled tokens come back through `update`.
 """
 
 from __future__ import annotations
@@ -68,9 +78,11 @@ class Scheduler:
         self.step_count = 0
         self.num_finished = 0
         self._next_group = 0  # first group not admitted yet
-        self._open: GroupState | None = None  # the one group with members still to admit
-        self._prefilling: list[RequestState | GroupState] = []  # in flight, admission order
+        self._open: list[GroupState] = []  # admitted, prefix left to issue or members to start
+        self._streaming: GroupState | None = None  # the one group admitted member by member
+        self._prefilling: list[RequestState] = []  # own parts in flight, start order
         self._decoding: list[RequestState] = []  # round-robin order
+        self._running: dict[int, RequestState] = {}  # started and not finished, by request index
 
     # ---- admission -------------------------------------------------------------------------
 
@@ -79,6 +91,10 @@ class Scheduler:
 
     def _prefix_blocks(self, group: GroupState) -> int:
         return blocks_for(group.prefix_len, self.block_size)
+
+    def _whole_blocks(self, group: GroupState) -> int:
+        """Blocks of a group admitted whole: its prefix and every member's worst case."""
+        return self._prefix_blocks(group) + sum(self._own_blocks(m, group) for m in group.members)
 
     def _check_capacity(self) -> None:
         """Raises CapacityError for a request that could not run even with the pool to itself."""
@@ -105,15 +121,22 @@ class Scheduler:
         group.next_member += 1
         return state
 
-    def _try_admit_group(self) -> GroupState | None:
-        group = self.groups[self._next_group]
-        need = self._prefix_blocks(group) + self._own_blocks(group.members[0], group)
-        if not self._fits(need):
-            return None
+    def _try_admit_group(self, group: GroupState) -> bool:
+        """Reserves `group` whole, or (too big ever to fit whole) its prefix and first member."""
+        whole = self._whole_blocks(group)
+        if whole <= self.block_limit:
+            if not self._fits(whole):
+                return False
+            group.prefix_blocks = self.pool.allocate(self._prefix_blocks(group))
+            while not group.fully_admitted:
+                group.waiting.append(self._admit_member(group))
+            return True
+        if not self._fits(self._prefix_blocks(group) + self._own_blocks(group.members[0], group)):
+            return False
         group.prefix_blocks = self.pool.allocate(self._prefix_blocks(group))
         group.waiting.append(self._admit_member(group))
-        self._next_group += 1
-        return group
+        self._streaming = group
+        return True
 
     # ---- scheduling ------------------------------------------------------------------------
 
@@ -156,84 +179,103 @@ class Scheduler:
             )
         budget = self.token_budget - len(taken)
 
-        # 2. prefills in flight, 3. new work
-        for unit in self._prefilling:
+        # 2. own parts in flight, 3. admitted groups, 4. new groups
+        for state in self._prefilling:
             if budget == 0:
                 break
-            budget -= self._add_chunk(unit, budget, items, shared_id)
+            budget -= self._add_chunk(state, budget, items, shared_id)
+        self._prefilling = [s for s in self._prefilling if s.computed < s.own_prompt_len]
+        for group in self._open:
+            if budget == 0:
+                break
+            budget -= self._advance_group(group, budget, items, shared_id)
+        self._open = [g for g in self._open if not g.all_started]
         self._admit_new(budget, items, shared_id)
         return self._finish_batch(items, shared)
 
     def _admit_new(self, budget: int, items: list[StepItem], shared_id: Callable[[GroupState], int]) -> None:
-        """Starts new work in plan order with what is left of the step's token budget."""
-        while budget > 0:
-            group = self._open
-            if group is None:
-                if self._next_group >= len(self.groups):
-                    return
-                group = self._try_admit_group()
-                if group is None:
-                    return
-                self._open = group
-                if group.prefix_len > 0:
-                    self._prefilling.append(group)
-                    budget -= self._add_chunk(group, budget, items, shared_id)
-            if not group.prefix_done:
-                return  # its members start once the prefix is stored
-            while budget > 0 and (group.waiting or not group.fully_admitted):
-                if not group.waiting:
-                    if not self._fits(self._own_blocks(group.members[group.next_member], group)):
-                        return
-                    group.waiting.append(self._admit_member(group))
-                state = group.waiting.pop(0)
-                state.status = Status.PREFILL
-                self._prefilling.append(state)
-                budget -= self._add_chunk(state, budget, items, shared_id)
-            if group.waiting or not group.fully_admitted:
+        """Admits new groups in plan order with what is left of the step's token budget."""
+        while budget > 0 and self._streaming is None and self._next_group < len(self.groups):
+            group = self.groups[self._next_group]
+            if not self._try_admit_group(group):
                 return
-            self._open = None
+            self._next_group += 1
+            budget -= self._advance_group(group, budget, items, shared_id)
+            if not group.all_started:
+                self._open.append(group)
+
+    def _advance_group(
+        self, group: GroupState, budget: int, items: list[StepItem], shared_id: Callable[[GroupState], int]
+    ) -> int:
+        """The next prefix chunk of `group`, then its members' starts once the prefix is issued
+        (as many as `budget` allows); returns the tokens added."""
+        used = 0
+        if not group.prefix_done:
+            used += self._add_prefix_chunk(group, budget, items)
+        if not group.prefix_done:
+            return used
+        while used < budget:
+            if not group.waiting:
+                if group.fully_admitted or not self._fits(self._own_blocks(group.members[group.next_member], group)):
+                    break
+                group.waiting.append(self._admit_member(group))  # the streaming group's next member
+            used += self._start(group.waiting.pop(0), budget - used, items, shared_id)
+        if group is self._streaming and group.all_started:
+            self._streaming = None
+        return used
+
+    def _start(
+        self, state: RequestState, budget: int, items: list[StepItem], shared_id: Callable[[GroupState], int]
+    ) -> int:
+        """Starts an admitted request's own prompt part with its first chunk; returns its length."""
+        state.status = Status.PREFILL
+        self._running[state.index] = state
+        n = self._add_chunk(state, budget, items, shared_id)
+        if state.computed < state.own_prompt_len:
+            self._prefilling.append(state)
+        return n
+
+    def _add_prefix_chunk(self, group: GroupState, budget: int, items: list[StepItem]) -> int:
+        """Issues the next chunk of a group's shared prefix (at most `budget` tokens)."""
+        start = group.prefix_computed
+        n = min(group.prefix_len - start, budget)
+        items.append(
+            StepItem(
+                kind="prefix",
+                request=-1,
+                group=group.position,
+                token_ids=group.prefix_ids[start : start + n],
+                start_pos=start,
+                own_ctx_len=start,
+                own_block_table=tuple(group.prefix_blocks),
+                shared_id=-1,
+                samples=False,
+            )
+        )
+        group.prefix_computed += n
+        return n
 
     def _add_chunk(
-        self,
-        unit: RequestState | GroupState,
-        budget: int,
-        items: list[StepItem],
-        shared_id: Callable[[GroupState], int],
+        self, state: RequestState, budget: int, items: list[StepItem], shared_id: Callable[[GroupState], int]
     ) -> int:
-        """Appends the next prefill chunk of `unit` (at most `budget` tokens); returns its length."""
-        if isinstance(unit, GroupState):
-            start = unit.prefix_computed
-            n = min(unit.prefix_len - start, budget)
-            items.append(
-                StepItem(
-                    kind="prefix",
-                    request=-1,
-                    group=unit.position,
-                    token_ids=unit.prefix_ids[start : start + n],
-                    start_pos=start,
-                    own_ctx_len=start,
-                    own_block_table=tuple(unit.prefix_blocks),
-                    shared_id=-1,
-                    samples=False,
-                )
-            )
-            return n
-        start = unit.computed
-        n = min(unit.own_prompt_len - start, budget)
-        base = unit.shared_len
+        """Issues the next chunk of a request's own prompt part (at most `budget` tokens)."""
+        start = state.computed
+        n = min(state.own_prompt_len - start, budget)
+        base = state.shared_len
         items.append(
             StepItem(
                 kind="prefill",
-                request=unit.index,
-                group=unit.group.position,
-                token_ids=unit.request.prompt_ids[base + start : base + start + n],
+                request=state.index,
+                group=state.group.position,
+                token_ids=state.request.prompt_ids[base + start : base + start + n],
                 start_pos=base + start,
                 own_ctx_len=start,
-                own_block_table=tuple(unit.own_blocks),
-                shared_id=shared_id(unit.group),
-                samples=start + n == unit.own_prompt_len,
+                own_block_table=tuple(state.own_blocks),
+                shared_id=shared_id(state.group),
+                samples=start + n == state.own_prompt_len,
             )
         )
+        state.computed += n
         return n
 
     def _finish_batch(self, items: list[StepItem], shared: list[SharedSegment]) -> StepBatch:
@@ -249,21 +291,18 @@ class Scheduler:
     def update(
         self, batch: StepBatch, sampled_ids: Sequence[int], stop: StopFn | None = None
     ) -> list[RequestState]:
-        """Applies a step: advances prefills, appends `sampled_ids` (one per sampling item, in
-        item order), finishes requests; returns the requests that finished in this step."""
-        states = self.active_states()
+        """Applies a step: appends `sampled_ids` (one per sampling item, in item order) and
+        finishes requests; returns the requests that finished in this step."""
         finished: list[RequestState] = []
         sampled = iter(sampled_ids)
         for item in batch.items:
-            if item.kind == "prefix":
-                self.groups[item.group].prefix_computed += item.q_len
-                continue
-            state = states[item.request]
-            if item.kind == "prefill":
-                state.computed += item.q_len
             if not item.samples:
                 continue
-            state.output_ids.append(int(next(sampled)))
+            token = int(next(sampled))
+            state = self._running.get(item.request)
+            if state is None:
+                continue  # finished already (a step issued before its last token was seen)
+            state.output_ids.append(token)
             if state.status is Status.PREFILL:
                 state.status = Status.DECODE
                 self._decoding.append(state)
@@ -274,11 +313,6 @@ class Scheduler:
             if reason is not None:
                 self._finish(state, reason)
                 finished.append(state)
-        self._prefilling = [
-            u
-            for u in self._prefilling
-            if (u.prefix_computed < u.prefix_len if isinstance(u, GroupState) else u.status is Status.PREFILL)
-        ]
         if finished:
             self._decoding = [s for s in self._decoding if s.status is Status.DECODE]
         return finished
@@ -288,13 +322,12 @@ class Scheduler:
 
     def active_states(self) -> dict[int, RequestState]:
         """Requests that are prefilling or decoding, by request index."""
-        states = {u.index: u for u in self._prefilling if isinstance(u, RequestState)}
-        states.update((s.index, s) for s in self._decoding)
-        return states
+        return self._running
 
     def _finish(self, state: RequestState, reason: FinishReason) -> None:
         state.status = Status.FINISHED
         state.finish_reason = reason
+        del self._running[state.index]
         self.pool.free(state.own_blocks)
         state.own_blocks = []
         group = state.group
@@ -307,11 +340,7 @@ class Scheduler:
     def live_block_lists(self) -> list[list[int]]:
         """Every block list that holds a reference (for BlockPool.check_integrity in tests)."""
         lists = [g.prefix_blocks for g in self.groups if g.prefix_blocks]
-        seen: set[int] = set()
-        for s in [u for u in self._prefilling if isinstance(u, RequestState)] + self._decoding:
-            if s.index not in seen:
-                seen.add(s.index)
-                lists.append(s.own_blocks)
+        lists.extend(s.own_blocks for s in self._running.values())
         for g in self.groups:
             lists.extend(s.own_blocks for s in g.waiting)
         return lists

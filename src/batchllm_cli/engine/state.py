@@ -31,7 +31,7 @@ class GroupState:
     members: tuple[int, ...]
     prefix_ids: np.ndarray  # [prefix_len] int32
     prefix_blocks: list[int] = field(default_factory=list)
-    prefix_computed: int = 0  # prefix tokens whose KV is stored
+    prefix_computed: int = 0  # prefix tokens issued into steps (stored once those steps ran)
     next_member: int = 0  # members[next_member] is the next to admit
     members_left: int = 0  # members not finished yet
     waiting: list["RequestState"] = field(default_factory=list)  # admitted, prefix not ready
@@ -44,6 +44,11 @@ class GroupState:
     def fully_admitted(self) -> bool:
         return self.next_member >= len(self.members)
 
+    @property
+    def all_started(self) -> bool:
+        """Prefix issued and every member's own part started: nothing left for the group walk."""
+        return self.prefix_done and self.fully_admitted and not self.waiting
+
 
 @dataclass(eq=False)
 class RequestState:
@@ -52,7 +57,7 @@ class RequestState:
     request: Request
     group: GroupState
     own_blocks: list[int] = field(default_factory=list)
-    computed: int = 0  # own (distinct) prompt tokens whose KV is stored
+    computed: int = 0  # own (distinct) prompt tokens issued into steps
     cached_len: int = 0  # of those, tokens found in a prefix cache (caching policies) at admission
     output_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)  # one per output id, if asked for
