@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from batchllm_cli.engine.config import load_engine_config
-from batchllm_cli.engine.parallel import group_work, parse_devices, shard_plan, stream_parallel
+from batchllm_cli.engine.parallel import parse_devices, shard_plan, stream_parallel
 from batchllm_cli.errors import CapacityError, ConfigError
 from batchllm_cli.planner import PlanSettings, build_plan
+from batchllm_cli.planner.shard import group_cost
 from batchllm_cli.types import Request, SamplingParams
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,9 +47,9 @@ def test_shards_take_whole_groups_balanced_and_map_back() -> None:
     for s in shards:
         s.plan.validate(s.requests)
         assert [r.id for r in s.requests] == [requests[int(j)].id for j in s.job_index]
-        assert s.work == sum(group_work(s.requests, g.prefix_len, g.members) for g in s.plan.groups)
+        assert s.work == sum(group_cost(s.requests, g.prefix_len, g.members) for g in s.plan.groups)
     works = sorted(s.work for s in shards)
-    biggest = max(group_work(requests, g.prefix_len, g.members) for g in plan.groups)
+    biggest = max(group_cost(requests, g.prefix_len, g.members) for g in plan.groups)
     assert works[-1] - works[0] <= biggest  # greedy biggest-first: within one group of even
     again = shard_plan(requests, plan, ["cpu", "cpu", "cpu"])
     assert [s.job_index.tolist() for s in again] == [s.job_index.tolist() for s in shards]

@@ -1,19 +1,30 @@
 """Data parallelism: one engine per device, the plan's groups shared out between them.
 
-Groups are independent (DESIGN.md, "Scale beyond one GPU"), so a job splits along them: each
-group goes whole to one device, the biggest first to the least loaded (estimated work: prefill
-tokens computed plus tokens to generate), and each device runs its groups in the plan's order.
+Groups are independent (DESIGN.md, "Scale beyond one GPU"), so a job splits along them: the
+planner's sharding (planner/shard.py, shared with `--ray`) gives each device whole groups, the
+biggest first to the least loaded (a group that outweighs a device's share is split), and each
+device runs its groups in the plan's order.
 Every device gets a process of its own (spawned: CUDA cannot be forked) that loads the model and
 streams its Completions back; the parent writes them as they come. A worker's failure stops the
 job with that worker's error. Sampling seeds belong to the requests, so results do not depend on
 how the job was split.
+
+Workers live only as long as their parent: they ignore SIGINT/SIGTERM (a Ctrl-C or a process-group
+SIGTERM reaches the parent, which stops the job cleanly and kills them), and the kernel kills them
+when the parent dies in any way (PR_SET_PDEATHSIG on Linux; elsewhere a thread that watches the
+parent's pid).
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
+import os
 import queue as queue_mod
 import signal
+import sys
+import threading
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Iterator, Sequence
 
@@ -24,9 +35,11 @@ from batchllm_cli.engine.config import EngineConfig, check_device
 from batchllm_cli.engine.engine import EngineProgress, ProgressFn
 from batchllm_cli.errors import BatchLLMError, ConfigError
 from batchllm_cli.planner.plan import Plan
+from batchllm_cli.planner.shard import shard_plan as planner_shards
 from batchllm_cli.types import Completion, Request
 
-POLL_S = 1.0  # how often the parent looks at its workers while none reports
+POLL_S = 1.0  # how often the parent looks at its workers (and its stop flag) while none reports
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -52,30 +65,11 @@ def parse_devices(spec: str) -> list[str]:
     return devices
 
 
-def group_work(requests: Sequence[Request], prefix_len: int, members: Sequence[int]) -> int:
-    """Tokens a group costs: its prefix once, each member's own part and its max_tokens."""
-    return prefix_len + sum(requests[m].prompt_len - prefix_len + requests[m].sampling.max_tokens for m in members)
-
-
 def shard_plan(requests: Sequence[Request], plan: Plan, devices: Sequence[str]) -> list[Shard]:
-    """Whole groups to devices, biggest first to the least loaded (ties: the lower device);
-    each device keeps the plan's group order. Deterministic."""
-    work = [group_work(requests, g.prefix_len, g.members) for g in plan.groups]
-    load = [0] * len(devices)
-    owner = [0] * len(plan.groups)
-    for gi in sorted(range(len(work)), key=lambda i: (-work[i], i)):
-        d = min(range(len(devices)), key=lambda k: (load[k], k))
-        owner[gi] = d
-        load[d] += work[gi]
-    shards = []
-    for d, device in enumerate(devices):
-        keep = np.zeros(len(requests), dtype=bool)
-        for gi, g in enumerate(plan.groups):
-            if owner[gi] == d:
-                keep[list(g.members)] = True
-        sub_requests, sub_plan = plan.restrict(requests, keep)
-        shards.append(Shard(device, sub_requests, sub_plan, np.flatnonzero(keep), load[d]))
-    return [s for s in shards if s.requests]
+    """The planner's shards of the job (planner/shard.py), one per device, in device order;
+    devices left without work are dropped."""
+    cuts = planner_shards(requests, plan, len(devices)).shards
+    return [Shard(device, c.requests, c.plan, c.job_index, c.cost) for device, c in zip(devices, cuts)]
 
 
 def stream_parallel(
@@ -89,7 +83,7 @@ def stream_parallel(
     inbox: Any = ctx.Queue()
     procs = []
     for rank, shard in enumerate(shards):
-        args = (rank, model, replace(config, device=shard.device), shard.requests, shard.plan, inbox)
+        args = (rank, model, replace(config, device=shard.device), shard.requests, shard.plan, inbox, os.getpid())
         procs.append(ctx.Process(target=_worker, args=args, daemon=True, name=f"batchllm-{shard.device}"))
     latest: dict[int, EngineProgress] = {}
     total = sum(len(s.requests) for s in shards)
@@ -101,6 +95,8 @@ def stream_parallel(
             try:
                 kind, rank, payload = inbox.get(timeout=POLL_S)
             except queue_mod.Empty:
+                if on_progress is not None:  # the job looks at its stop flag here, as after a step
+                    on_progress(_combined(latest, total))
                 for rank in list(running):
                     if not procs[rank].is_alive():
                         raise BatchLLMError(
@@ -126,7 +122,7 @@ def stream_parallel(
     finally:
         for p in procs:
             if p.is_alive():
-                p.terminate()
+                p.kill()  # they ignore SIGTERM; nothing of theirs needs saving (the parent writes)
         for p in procs:
             if p.pid is not None:
                 p.join(timeout=10)
@@ -140,14 +136,39 @@ def _combined(latest: dict[int, EngineProgress], total: int) -> EngineProgress:
         prompt_tokens=sum(p.prompt_tokens for p in parts),
         prefill_tokens=sum(p.prefill_tokens for p in parts),
         output_tokens=sum(p.output_tokens for p in parts),
-        steps=max(p.steps for p in parts),
-        elapsed_s=max(p.elapsed_s for p in parts),
+        steps=max((p.steps for p in parts), default=0),
+        elapsed_s=max((p.elapsed_s for p in parts), default=0.0),
     )
 
 
-def _worker(rank: int, model: str | None, config: EngineConfig, requests: list[Request], plan: Plan, outbox: Any) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Ends this worker when its parent ends, however it ends (kill -9 included)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="batchllm-parent-watch", daemon=True).start()
+
+
+def _worker(
+    rank: int, model: str | None, config: EngineConfig, requests: list[Request], plan: Plan, outbox: Any,
+    parent_pid: int,
+) -> None:
     """One device's engine (in its own process): Completions, progress and the end to `outbox`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent(parent_pid)
     try:
         from batchllm_cli.engine.llm import LLM
 
