@@ -11,6 +11,9 @@ FinishReason = Literal["stop", "length"]
 MAX_LOGPROBS = 20  # most alternatives per token (OpenAI's top_logprobs limit)
 MAX_PENALTY = 2.0  # presence / frequency penalty range, as OpenAI's
 MAX_BIAS = 100.0  # logit_bias range, as OpenAI's
+# Temperatures below this are greedy (vLLM's _SAMPLING_EPS): dividing float32 logits by less
+# than about 1e-38 overflows to inf and samples garbage.
+MIN_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class SamplingParams:
             raise ConfigError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if self.temperature < 0:
             raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            object.__setattr__(self, "temperature", 0.0)  # greedy: see MIN_TEMPERATURE
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
@@ -58,6 +63,8 @@ class SamplingParams:
             raise ConfigError(f"logit_bias values must be in [-{MAX_BIAS:g}, {MAX_BIAS:g}]")
         if self.min_tokens < 0:
             raise ConfigError(f"min_tokens must be >= 0, got {self.min_tokens}")
+        if self.min_tokens > self.max_tokens:
+            raise ConfigError(f"min_tokens {self.min_tokens} is above max_tokens {self.max_tokens}")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             raise ConfigError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
 
@@ -72,7 +79,7 @@ class Request:
     """One tokenized prompt of the job, ready for the planner and the engine."""
 
     index: int  # 0-based position in the job; the planner's and engine's handle for it
-    id: str  # the user's id, echoed in the output
+    id: str | int  # the user's id (its JSON type kept), echoed in the output
     prompt_ids: np.ndarray  # [prompt_len] int32
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
@@ -105,7 +112,7 @@ class Completion:
     """The result of one request, handed back as soon as the request finishes."""
 
     index: int
-    id: str
+    id: str | int  # the request's id
     text: str
     token_ids: tuple[int, ...]
     finish_reason: FinishReason

@@ -65,7 +65,9 @@ def run_echo(opts: JobOptions, seen: Seen | None = None, should_stop: Callable[[
 def record_name(rec: dict[str, Any]) -> str:
     """What an output record answers: its (custom) id, or `line N` for an id-less error record."""
     rid = rec.get("custom_id", rec.get("id"))
-    return rid if rid is not None else f"line {rec['line']}"
+    if rid is not None:
+        return rid
+    return f"line {rec['line'] if 'line' in rec else rec['error']['line']}"
 
 
 def fingerprint(tag: str = "a") -> JobFingerprint:
@@ -103,4 +105,7 @@ def bad_line(obj: Any, line: int = 1, *, raw: bytes | None = None) -> BadLine:
 
 
 def openai_line(url: str, body: dict[str, Any], custom_id: Any = "c1", method: str = "POST") -> dict[str, Any]:
+    """An OpenAI batch line; a body without a model gets one (OpenAI requires it)."""
+    if isinstance(body, dict) and "model" not in body:
+        body = {"model": "m", **body}
     return {"custom_id": custom_id, "method": method, "url": url, "body": body}

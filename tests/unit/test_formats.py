@@ -15,8 +15,8 @@ def test_openai_output_line_shapes(tmp_path: Path) -> None:
         {"custom_id": "chat-1", "method": "POST", "url": "/v1/chat/completions",
          "body": {"model": "m", "messages": CHAT, "max_completion_tokens": 5}},
         {"custom_id": "cmpl-1", "method": "POST", "url": "/v1/completions", "body": {"model": "m", "prompt": "a b c"}},
-        {"custom_id": "bad-1", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": CHAT, "best_of": 2}},
-        {"custom_id": "", "method": "POST", "url": "/v1/completions", "body": {"prompt": "x"}},
+        {"custom_id": "bad-1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m", "messages": CHAT, "best_of": 2}},
+        {"custom_id": "", "method": "POST", "url": "/v1/completions", "body": {"model": "m", "prompt": "x"}},
     ])
     out = tmp_path / "out.jsonl"
     run_echo(job_options(inp, out))
@@ -40,14 +40,14 @@ def test_openai_output_line_shapes(tmp_path: Path) -> None:
     assert cmpl["body"]["choices"][0]["text"] == "a b c"
     assert cmpl["body"]["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
 
-    bad = recs["bad-1"]
+    bad = recs["bad-1"]  # one output file: vLLM's failure shape (body null, error set)
     assert bad["custom_id"] == "bad-1" and bad["response"]["status_code"] == 400
-    assert bad["response"]["body"]["error"]["type"] == "invalid_request_error"
-    assert (bad["response"]["body"]["error"]["code"], bad["response"]["body"]["error"]["param"]) == (
-        "unsupported_field", "best_of")
+    assert bad["response"]["body"] is None and bad["id"].startswith("batch_req_")
+    assert (bad["error"]["code"], bad["error"]["param"], bad["error"]["line"]) == ("unsupported_field", "best_of", 3)
 
-    nameless = recs["line 4"]  # no custom_id to answer by: a plain error record
-    assert (nameless["id"], nameless["line"], nameless["error"]["code"]) == (None, 4, "invalid_field")
+    nameless = recs["line 4"]  # no custom_id to answer by: still an envelope, custom_id null
+    assert nameless["custom_id"] is None and nameless["id"].startswith("batch_req_")
+    assert (nameless["error"]["line"], nameless["error"]["code"]) == (4, "invalid_field")
 
 
 def test_openai_usage_counts_shared_prefix_as_cached_and_ids_are_stable() -> None:
@@ -67,7 +67,7 @@ def test_openai_usage_counts_shared_prefix_as_cached_and_ids_are_stable() -> Non
     assert len({rec["id"], other_job["id"], other_req["id"]}) == 3
     plain = completion_record("plain", (c,), "m", "tag1")
     assert plain == {"id": "req-1", "text": "out", "finish_reason": "length",
-                     "usage": {"prompt_tokens": 10, "completion_tokens": 3, "shared_prefix_tokens": 6}}
+                     "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13, "shared_prefix_tokens": 6}}
 
 
 def test_logprobs_in_each_output_shape() -> None:
@@ -105,7 +105,7 @@ def test_a_line_with_n_samples_answers_with_choices() -> None:
     plain = completion_record("chat", (a, b), "m", "t")
     assert plain == {"id": "q", "choices": [{"index": 0, "text": "one", "finish_reason": "stop"},
                                             {"index": 1, "text": "two two", "finish_reason": "length"}],
-                     "usage": {"prompt_tokens": 5, "completion_tokens": 3, "shared_prefix_tokens": 4}}
+                     "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8, "shared_prefix_tokens": 4}}
     body = completion_record("openai_completion", (a, b), "m", "t")["response"]["body"]
     assert [(ch["index"], ch["text"]) for ch in body["choices"]] == [(0, "one"), (1, "two two")]
     assert body["usage"]["total_tokens"] == 8 and body["usage"]["prompt_tokens_details"] == {"cached_tokens": 4}

@@ -68,7 +68,7 @@ def test_openai_completion_line_with_sampling_in_body() -> None:
     body = {"model": "x", "prompt": "Once upon", "max_tokens": 5, "top_p": 0.9, "stop": ["\n"]}
     rec = parse_obj(openai_line("/v1/completions", body, custom_id=42))
     assert isinstance(rec, InputRecord)
-    assert (rec.id, rec.kind, rec.prompt, rec.messages) == ("42", "openai_completion", "Once upon", None)
+    assert (rec.id, rec.kind, rec.prompt, rec.messages) == (42, "openai_completion", "Once upon", None)
     assert rec.sampling == SamplingOverrides(max_tokens=5, top_p=0.9, stop=("\n",))
 
 
@@ -129,8 +129,9 @@ def test_ids_default_to_zero_based_line_number(tmp_path: Path) -> None:
         json_line({"id": None, "prompt": "d"}),
     ])
     recs = list(read_input(path))
-    assert [(r.line, r.id) for r in recs] == [(1, "0"), (2, "named"), (4, "3"), (5, "17"), (6, "5")]
-    assert list(read_ids(path)) == [(1, "0"), (2, "named"), (4, "3"), (5, "17"), (6, "5")]
+    # an integer id stays an integer (17 and "17" are two ids)
+    assert [(r.line, r.id) for r in recs] == [(1, "0"), (2, "named"), (4, "3"), (5, 17), (6, "5")]
+    assert list(read_ids(path)) == [(1, "0"), (2, "named"), (4, "3"), (5, 17), (6, "5")]
 
 
 def test_blank_lines_are_skipped(tmp_path: Path) -> None:

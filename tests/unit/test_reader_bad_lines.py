@@ -190,13 +190,13 @@ def test_bad_openai_line_is_answered_as_a_400(obj: dict[str, Any], code: str, pa
 
 @pytest.mark.parametrize("cid", [None, "", False])
 def test_openai_line_without_usable_custom_id(cid: Any) -> None:
-    """An OpenAI line whose custom_id is missing or unusable cannot be answered as a 400 (nothing
-    to name it by): it is a plain invalid_field on custom_id."""
+    """An OpenAI line whose custom_id is missing or unusable has nothing to name it by: an
+    invalid_field on custom_id, still answered with a batch envelope (custom_id null)."""
     obj = openai_line("/v1/completions", {"prompt": "x"}, custom_id=cid)
     if cid is None:
         del obj["custom_id"]
     bad = bad_line(obj)
-    assert (bad.code, bad.param, bad.id, bad.openai) == ("invalid_field", "custom_id", None, False)
+    assert (bad.code, bad.param, bad.id, bad.openai) == ("invalid_field", "custom_id", None, True)
 
 
 def test_every_bad_line_is_reported_and_good_lines_still_read(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ the engine for io.echo.EchoBackend.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,12 +17,15 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from batchllm_cli.errors import InputError
+from batchllm_cli.io.fields import FieldError
 from batchllm_cli.io.reader import BadLine, InputRecord, Kind
 from batchllm_cli.types import Completion, Request, SamplingParams
 
 KINDS: tuple[Kind, ...] = ("plain", "chat", "openai_chat", "openai_completion")
 TOKENIZE_BATCH = 512  # prompts per call of the fast tokenizer (it runs a batch in parallel)
 PHASE_EVERY_S = 10.0  # seconds between progress reports of a long tokenizing phase
+PLAN_FIXED_BYTES = 1 << 20  # a plan's settings and stats: a few kB (1 MiB leaves room to spare)
+PLAN_GROUP_BYTES = 16  # `[prefix_len,[` and `]],` of a group of one
 
 
 def request_seed(job_seed: int, line: int) -> int:
@@ -113,7 +117,12 @@ def _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, default
             if not done:
                 out.rejected.append(BadLine(rec.line, rec.id, "invalid_messages", str(exc), "messages", _is_openai(rec)))
             continue
-        params = rec.sampling.apply(defaults)
+        try:
+            params = rec.sampling.apply(defaults)
+        except FieldError as exc:  # the line's values and the job's defaults do not fit together
+            if not done:
+                out.rejected.append(BadLine(rec.line, rec.id, exc.code, str(exc), exc.param, _is_openai(rec)))
+            continue
         if params.seed is None:
             params = replace(params, seed=request_seed(job_seed, rec.line))
         if params.logit_bias and vocab is not None and params.logit_bias[-1][0] >= vocab:
@@ -163,6 +172,20 @@ def gather_samples(
         if len(got) == counts[i]:
             del partial[first]
             yield KINDS[kinds[first]], tuple(sorted(got, key=lambda c: c.index))
+
+
+def computing_members(plan: Any) -> dict[int, int]:
+    """{request index: prefix tokens} of the request that computes each group's shared prefix:
+    the group's first member (its prefill stores the prefix that the others read)."""
+    return {g.members[0]: g.prefix_len for g in plan.groups if g.members and g.prefix_len}
+
+
+def reused_only(stream: Iterable[Completion], computing: dict[int, int]) -> Iterator[Completion]:
+    """`stream` with each Completion's shared_prefix_tokens counting only prompt tokens whose KV
+    another request computed: a group's computing member reused none of its group's prefix."""
+    for c in stream:
+        own = computing.get(c.index)
+        yield replace(c, shared_prefix_tokens=max(0, c.shared_prefix_tokens - own)) if own else c
 
 
 def _is_openai(rec: InputRecord) -> bool:
@@ -215,7 +238,7 @@ class EngineBackend:
         from batchllm_cli.models.loader import resolve_model
 
         if self.plan_path is not None:
-            self._plan = read_plan(self.plan_path)  # a missing or damaged file: before any work
+            plan_size(self.plan_path)  # a missing file: before any work
         self.on_phase("reading the model's configuration")
         source = resolve_model(self.model)
         self.model_name = source.name
@@ -228,8 +251,9 @@ class EngineBackend:
         )
         tok = self._tokenized
         self.extra_requests = sum(1 for k, p in zip(tok.samples, tok.pending) if p and k > 0)
-        if self._plan is not None:
+        if self.plan_path is not None:
             self.on_phase("checking the plan")
+            self._plan = read_plan(self.plan_path, len(tok.requests))
             check_plan(self._plan, self._tokenized, self.config)  # before the model loads
         return self._tokenized.rejected
 
@@ -254,7 +278,7 @@ class EngineBackend:
             plan = llm.plan(requests)
         self._tokenized = None  # the engine holds the requests from here
         self.on_phase("running")
-        return llm.stream(requests, plan=plan, on_progress=on_progress)
+        return reused_only(llm.stream(requests, plan=plan, on_progress=on_progress), computing_members(plan))
 
     def _stream_parallel(self, tok: Tokenized, on_progress: Callable[[Any], None]) -> Iterator[Completion]:
         """One engine per device, each in its own process (engine/parallel.py)."""
@@ -271,14 +295,37 @@ class EngineBackend:
         shards = shard_plan(requests, plan, self.devices)
         self._tokenized = None
         self.on_phase(f"running on {len(shards)} devices ({', '.join(s.device for s in shards)})")
-        return stream_parallel(self.model, self.config, shards, on_progress)
+        return reused_only(stream_parallel(self.model, self.config, shards, on_progress), computing_members(plan))
 
 
-def read_plan(path: Path) -> Any:
-    """A plan file written by `batchllm plan --json`; PlanError when it is not one."""
+def plan_size(path: Path) -> int:
+    """The size of a plan file in bytes; PlanError when it cannot be read."""
+    from batchllm_cli.errors import PlanError
+
+    try:
+        with open(path, "rb") as f:
+            return os.fstat(f.fileno()).st_size
+    except OSError as exc:
+        raise PlanError(f"cannot read the plan file {path}: {exc.strerror or exc}") from None
+
+
+def max_plan_bytes(num_requests: int) -> int:
+    """The largest plan file of a job of `num_requests`: each request's index appears at most twice
+    (its group, and the report's top groups), a group costs a few bytes, the rest is fixed."""
+    return PLAN_FIXED_BYTES + num_requests * (2 * (len(str(num_requests)) + 1) + PLAN_GROUP_BYTES)
+
+
+def read_plan(path: Path, num_requests: int) -> Any:
+    """The plan file written by `batchllm plan --json` for a job of `num_requests`; PlanError
+    when it is not one. A file larger than such a plan can be is refused before it is parsed
+    (parsing costs tens of times the file's size in memory)."""
     from batchllm_cli.errors import PlanError
     from batchllm_cli.planner.plan import Plan
 
+    size, limit = plan_size(path), max_plan_bytes(num_requests)
+    if size > limit:
+        raise PlanError(f"the plan file {path} is {size:,} bytes, more than a plan of this job's "
+                        f"{num_requests:,} requests can be ({limit:,}): it was made for another input")
     try:
         data = Path(path).read_bytes()
     except OSError as exc:

@@ -16,12 +16,15 @@ from batchllm_cli.types import MAX_BIAS, MAX_LOGPROBS, MAX_PENALTY, SamplingPara
 SAMPLING_FIELDS = (
     "max_tokens", "min_tokens", "temperature", "top_p", "top_k", "seed", "stop", "min_p",
     "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs", "top_logprobs", "logit_bias",
+    "ignore_eos",
 )
 # How a line kind spells logprobs: OpenAI chat `logprobs: true` + `top_logprobs: k`; OpenAI
 # completions `logprobs: k`; our plain and chat lines either.
 LogprobsStyle = Literal["chat", "completion", "any"]
 LOGPROBS_OFF = -1  # a line's explicit "no logprobs" (wins over a job default)
 MAX_N = 128  # most samples of one prompt (OpenAI's limit for n)
+OPENAI_MAX_TEMPERATURE = 2.0  # OpenAI's API reference: temperature 0-2
+OPENAI_MAX_STOP = 4  # OpenAI's API reference: up to 4 stop sequences
 MAX_BIASED = 1024  # most tokens one line's logit_bias may name
 ROLES = ("system", "user", "assistant")
 MAX_SEED = 2**63  # seeds are kept as signed 64-bit values
@@ -44,6 +47,25 @@ NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
     "audio": (),
     "modalities": (["text"],),
     "reasoning_effort": (),
+    "verbosity": ("medium",),  # OpenAI's default; other values ask for shorter or longer answers
+    # vLLM's extras, at the values that are batchllm's behaviour
+    "stop_token_ids": ([],),
+    "skip_special_tokens": (True,),  # batchllm's output text never holds special tokens
+    "include_stop_str_in_output": (False,),  # the text is cut before the stop string
+    "add_generation_prompt": (True,),  # messages always end with the assistant turn opened
+    "chat_template_kwargs": ({},),
+    "spaces_between_special_tokens": (True,),
+    # guided decoding (vLLM, TGI)
+    "guided_json": (), "guided_regex": (), "guided_choice": (), "guided_grammar": (), "structured_outputs": (),
+}
+# Fields that never change the output: accepted with any value (OpenAI's bookkeeping fields).
+IGNORED_FIELDS = ("user", "metadata", "store", "prompt_cache_key", "safety_identifier", "service_tier")
+# Other tools' names for batchllm's fields, accepted on plain and chat lines (both given: they must agree).
+ALIASES = {
+    "max_completion_tokens": "max_tokens",  # OpenAI chat
+    "max_new_tokens": "max_tokens",  # Hugging Face generate
+    "stop_sequences": "stop",  # Anthropic, TGI
+    "num_return_sequences": "n",  # Hugging Face generate
 }
 _NEUTRAL_NAMES = frozenset(NEUTRAL_VALUES)
 _SAMPLING_NAMES = frozenset(SAMPLING_FIELDS)
@@ -75,14 +97,20 @@ class SamplingOverrides:
     logprobs: int | None = None  # LOGPROBS_OFF: none, whatever the job default
     min_tokens: int | None = None
     logit_bias: tuple[tuple[int, float], ...] | None = None
+    ignore_eos: bool | None = None
 
     def apply(self, defaults: SamplingParams) -> SamplingParams:
+        """The line's SamplingParams; FieldError when its values and the job's defaults do not
+        fit together (min_tokens above max_tokens)."""
         if self is NO_OVERRIDES:
             return defaults
         changes = {f.name: getattr(self, f.name) for f in fields(self)}
         changes = {k: v for k, v in changes.items() if v is not None}
         if changes.get("logprobs") == LOGPROBS_OFF:
             changes["logprobs"] = None
+        low, high = changes.get("min_tokens", defaults.min_tokens), changes.get("max_tokens", defaults.max_tokens)
+        if low > high:
+            raise FieldError("min_tokens", f"min_tokens {low} is above max_tokens {high}")
         return replace(defaults, **changes)
 
 
@@ -105,9 +133,11 @@ def _show(value: Any) -> str:
 
 
 def sampling_overrides(
-    obj: dict[str, Any], max_tokens_key: str = "max_tokens", logprobs_style: LogprobsStyle = "any"
+    obj: dict[str, Any], max_tokens_key: str = "max_tokens", logprobs_style: LogprobsStyle = "any",
+    openai: bool = False,
 ) -> SamplingOverrides:
-    """The sampling fields of `obj` (absent or null = default), checked for type and range."""
+    """The sampling fields of `obj` (absent or null = default), checked for type and range;
+    `openai`: an OpenAI request body, held to the ranges of OpenAI's API reference."""
     if _SAMPLING_NAMES.isdisjoint(obj) and max_tokens_key not in obj:
         return NO_OVERRIDES
     max_tokens = obj.get(max_tokens_key)
@@ -116,8 +146,9 @@ def sampling_overrides(
     temperature = obj.get("temperature")
     if temperature is not None:
         temperature = _number("temperature", temperature)
-        if temperature < 0:
-            raise FieldError("temperature", f"temperature must be >= 0, got {temperature}")
+        if temperature < 0 or (openai and temperature > OPENAI_MAX_TEMPERATURE):
+            where = f"in [0, {OPENAI_MAX_TEMPERATURE:g}]" if openai else ">= 0"
+            raise FieldError("temperature", f"temperature must be {where}, got {temperature:g}")
     top_p = obj.get("top_p")
     if top_p is not None:
         top_p = _number("top_p", top_p)
@@ -134,6 +165,8 @@ def sampling_overrides(
     stop = obj.get("stop")
     if stop is not None:
         stop = _stop(stop)
+        if openai and len(stop) > OPENAI_MAX_STOP:
+            raise FieldError("stop", f"stop takes at most {OPENAI_MAX_STOP} sequences, got {len(stop)}")
     min_p = _in_range(obj, "min_p", 0.0, 1.0)
     presence = _in_range(obj, "presence_penalty", -MAX_PENALTY, MAX_PENALTY)
     frequency = _in_range(obj, "frequency_penalty", -MAX_PENALTY, MAX_PENALTY)
@@ -146,9 +179,14 @@ def sampling_overrides(
     min_tokens = obj.get("min_tokens")
     if min_tokens is not None and (not _is_int(min_tokens) or min_tokens < 0):
         raise FieldError("min_tokens", f"min_tokens must be an integer >= 0, got {_show(min_tokens)}")
+    if min_tokens is not None and max_tokens is not None and min_tokens > max_tokens:
+        raise FieldError("min_tokens", f"min_tokens {min_tokens} is above {max_tokens_key} {max_tokens}")
+    ignore_eos = obj.get("ignore_eos")
+    if ignore_eos is not None and not isinstance(ignore_eos, bool):
+        raise FieldError("ignore_eos", f"ignore_eos must be true or false, got {_show(ignore_eos)}")
     return SamplingOverrides(
         max_tokens, temperature, top_p, top_k, seed, stop, min_p, presence, frequency, repetition, logprobs,
-        min_tokens, _logit_bias(obj.get("logit_bias")),
+        min_tokens, _logit_bias(obj.get("logit_bias")), ignore_eos,
     )
 
 
@@ -160,7 +198,8 @@ def _logit_bias(value: Any) -> tuple[tuple[int, float], ...] | None:
         raise FieldError("logit_bias", f"logit_bias must be an object of at most {MAX_BIASED} \"token id\": bias pairs, got {_show(value)}")
     pairs = []
     for key, bias in value.items():
-        if not (isinstance(key, str) and key.isdigit()):
+        # isdigit alone takes "²" and other digits int() refuses
+        if not (isinstance(key, str) and key.isascii() and key.isdigit()):
             raise FieldError("logit_bias", f"logit_bias keys must be token ids (\"123\"), got {_show(key)}")
         bias = _number("logit_bias", bias)
         if not -MAX_BIAS <= bias <= MAX_BIAS:
@@ -225,10 +264,37 @@ def check_unsupported(obj: dict[str, Any]) -> None:
     """Raises for an option batchllm does not implement, set to something other than off."""
     if _NEUTRAL_NAMES.isdisjoint(obj):
         return
-    for name in _NEUTRAL_NAMES.intersection(obj):
+    for name in sorted(_NEUTRAL_NAMES.intersection(obj)):
         value, neutral = obj[name], NEUTRAL_VALUES[name]
         if value is not None and value not in neutral:
             raise FieldError(name, f"{name}={_show(value)} is not supported by batchllm", "unsupported_field")
+
+
+def check_openai_tools(body: dict[str, Any]) -> None:
+    """OpenAI refuses tool_choice and parallel_tool_calls in a request without tools."""
+    if body.get("tools"):
+        return  # refused by check_unsupported: batchllm has no tool calling
+    for name in ("tool_choice", "parallel_tool_calls"):
+        if body.get(name) is not None:
+            raise FieldError(name, f"{name} is only allowed when tools are given")
+
+
+def resolve_aliases(obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` with other tools' field names (ALIASES) under batchllm's; FieldError when a field
+    is given under two names with different values."""
+    if ALIASES.keys().isdisjoint(obj):
+        return obj
+    out = dict(obj)
+    for alias, name in ALIASES.items():
+        if alias not in out:
+            continue
+        value = out.pop(alias)
+        if value is None:
+            continue
+        if out.get(name) is not None and out[name] != value:
+            raise FieldError(alias, f"{alias} and {name} are the same field and differ: give one of them")
+        out[name] = value
+    return out
 
 
 def check_typos(obj: dict[str, Any], known: tuple[str, ...]) -> None:
@@ -241,11 +307,9 @@ def check_typos(obj: dict[str, Any], known: tuple[str, ...]) -> None:
             raise FieldError(name, f"unknown field {name!r}: did you mean {close[0]!r}?", "unknown_field")
 
 
-def record_id(value: Any, name: str) -> str:
-    """An id as text: a non-empty string, or an integer."""
-    if _is_int(value):
-        return str(value)
-    if isinstance(value, str) and value:
+def record_id(value: Any, name: str) -> str | int:
+    """An id as the line gives it (its JSON type is kept): a non-empty string, or an integer."""
+    if _is_int(value) or (isinstance(value, str) and value):
         return value
     raise FieldError(name, f"{name} must be a non-empty string or an integer, got {_show(value)}")
 

@@ -16,7 +16,9 @@ from typing import Any
 from batchllm_cli.errors import OutputError
 from batchllm_cli.io.reader import open_input
 
-FINGERPRINT_VERSION = 1
+# 2: ids keep their JSON type (an output of version 1 named the int id 7 "7": resuming it would
+# run such lines again)
+FINGERPRINT_VERSION = 2
 
 
 def file_sha256(path: str | Path) -> tuple[str, int]:

@@ -32,10 +32,13 @@ _ENTRY = struct.Struct("<16sI")  # digest, 1-based line
 ENTRY_DTYPE = np.dtype([("hi", ">u8"), ("lo", ">u8"), ("line", "<u4")])  # 20 bytes, packed
 
 
-def key_of(record_id: str | None, line: int) -> bytes:
-    """The key of a record: its id when it has one, else its 1-based input line number."""
-    if record_id is not None:
+def key_of(record_id: str | int | None, line: int) -> bytes:
+    """The key of a record: its id when it has one (an integer id is another key than the
+    same digits as text), else its 1-based input line number."""
+    if isinstance(record_id, str):
         return b"i" + record_id.encode("utf-8", "surrogatepass")
+    if record_id is not None:
+        return b"n%d" % record_id
     return b"l%d" % line
 
 
@@ -121,13 +124,14 @@ class KeySet:
         self.close()
 
 
-def remove_stale_spills(root: Path | None = None) -> int:
-    """Removes spill folders left by batchllm processes that no longer run (a kill -9 skips
-    close()); the folder name carries the owner's pid. Returns how many were removed."""
+def remove_stale_spills(root: Path | None = None, prefix: str = SPILL_PREFIX) -> int:
+    """Removes spill folders (named `prefix` + owner pid + "-" + anything: also the stdin spools
+    of cli/stdio.py) left by batchllm processes that no longer run (a kill -9 skips close()).
+    Returns how many were removed."""
     root = Path(root or tempfile.gettempdir())
     removed = 0
-    for path in root.glob(f"{SPILL_PREFIX}*-*"):
-        pid_text = path.name[len(SPILL_PREFIX):].split("-", 1)[0]
+    for path in root.glob(f"{prefix}*-*"):
+        pid_text = path.name[len(prefix):].split("-", 1)[0]
         if not pid_text.isdigit() or not path.is_dir() or _alive(int(pid_text)):
             continue
         shutil.rmtree(path, ignore_errors=True)
@@ -179,11 +183,24 @@ def duplicates(keys: KeySet, limit: int = 20) -> tuple[list[tuple[int, int]], in
     return [(int(a), int(b)) for a, b in named], total
 
 
+def repeated_lines(keys: KeySet) -> np.ndarray:
+    """[k] sorted lines whose key an earlier line already had (all of them, unlike duplicates)."""
+    found = [np.zeros(0, dtype=np.int64)]
+    for part in _partitions(keys):
+        part = part[np.lexsort((part["line"], part["lo"], part["hi"]))]
+        same = (part["hi"][1:] == part["hi"][:-1]) & (part["lo"][1:] == part["lo"][:-1])
+        found.append(part["line"][1:][same].astype(np.int64))
+    return np.sort(np.concatenate(found))
+
+
 class LineSet:
     """A set of 1-based line numbers as a bitmap (one bit a line of the input)."""
 
     def __init__(self, bits: bytearray) -> None:
         self._bits = bits
+
+    def __len__(self) -> int:
+        return int.from_bytes(self._bits, "little").bit_count()
 
     def __contains__(self, line: int) -> bool:
         byte = line >> 3
