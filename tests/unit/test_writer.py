@@ -17,24 +17,25 @@ from batchllm_cli.io.writer import OutputWriter, inspect_output, scan_output, si
 from io_helpers import Seen, fingerprint, job_options, jsonl, plain_record, read_records, run_echo, sidecar
 
 def test_fresh_write_and_sidecar(tmp_path: Path) -> None:
-    """A fresh output gets its sidecar (incomplete) before any line, then one line per record;
-    closing complete marks the sidecar complete with the record count and the fingerprint."""
+    """A fresh output is made at the first record (nothing exists before), its sidecar
+    (incomplete) before the line lands, then one line per record; closing complete marks the
+    sidecar complete with the record count and the fingerprint; no temp file is left."""
     out = tmp_path / "sub" / "out.jsonl"
     fp = fingerprint()
     state = inspect_output(out, fp, overwrite=False)
     assert state.mode == "fresh" and state.records == 0
     with OutputWriter(out, state, fp) as w:
+        assert not out.exists() and not sidecar_path(out).exists()
+        w.write(plain_record("a", "first"))
         side = sidecar(out)
         assert (side["complete"], side["records"]) == (False, 0)
-        assert out.read_bytes() == b""
-        w.write(plain_record("a", "first"))
         w.write(plain_record("b", "second"))
         assert out.read_bytes() == dumps_line(plain_record("a", "first")) + dumps_line(plain_record("b", "second"))
         w.close(complete=True)
     side = sidecar(out)
     assert (side["complete"], side["records"]) == (True, 2)
     assert JobFingerprint.from_dict(side) == fp
-    assert not sidecar_path(out).with_name(sidecar_path(out).name + ".tmp").exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out.jsonl", "out.jsonl.batchllm.json"]
 
 
 def test_writer_left_without_close_keeps_sidecar_incomplete(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ for global planning).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +20,14 @@ from batchllm_cli.io.fingerprint import JobFingerprint
 from batchllm_cli.io.formats import completion_record, error_record
 from batchllm_cli.io.index import KeySet, LineSet, duplicates, key_of, lines_in
 from batchllm_cli.io.reader import BadLine, InputRecord, Kind, read_ids, read_input
-from batchllm_cli.io.writer import STDIO, OutputWriter, ResumeState, StreamWriter, inspect_output
+from batchllm_cli.io.lock import OutputLock
+from batchllm_cli.io.writer import STDIO, OutputWriter, ResumeState, StreamWriter, inspect_output, is_output_file
 from batchllm_cli.types import Completion
 
 MAX_DUPLICATES = 50  # duplicate pairs named in one error message
 # bad lines named by --strict: all of them in any file a person would fix by hand
 MAX_LISTED = 1000
+STOP_CHECK_EVERY = 256  # input lines between looks at should_stop while reading (well under 0.1 s)
 
 
 class Backend(Protocol):
@@ -150,23 +151,21 @@ def run_job(
     should_stop: Callable[[], str | None] = lambda: None,
 ) -> JobSummary:
     """Runs the job of `opts`; raises InputError / OutputError / JobInterrupted (and whatever
-    the backend raises) with the output left resumable."""
+    the backend raises) with the output left resumable. An output file is locked for the whole
+    job (io/lock.py): a second job on it is refused at once."""
     rep = reporter or SilentReporter()
+    if opts.output_path == STDIO:
+        return _run_job(opts, backend_factory, rep, should_stop)
+    _check_paths(opts)
+    with OutputLock(opts.output_path):
+        return _run_job(opts, backend_factory, rep, should_stop)
+
+
+def _run_job(
+    opts: JobOptions, backend_factory: Callable[[], Backend], rep: Reporter, should_stop: Callable[[], str | None]
+) -> JobSummary:
     summary = JobSummary(output_path=opts.output_path)
     to_stdout = opts.output_path == STDIO
-    if to_stdout:
-        state = ResumeState("fresh")
-    else:
-        _check_paths(opts)
-        state = inspect_output(opts.output_path, opts.fingerprint, opts.overwrite)
-    rep.phase("checking the input")
-    with state.done:
-        pending_lines, done_lines = _check_input(opts, summary, state)
-    summary.resumed, summary.torn_bytes = state.records, state.torn_bytes
-    if state.mode == "resume":
-        rep.note(f"resuming {opts.output_path}: {state.records} of {summary.lines} records are there")
-    if state.torn_bytes:
-        rep.note(f"cut {state.torn_bytes} bytes of a torn last line")
 
     def stop_check() -> None:
         name = should_stop()
@@ -174,11 +173,29 @@ def run_job(
             summary.interrupted = name
             raise JobInterrupted(name, _finish(summary))
 
+    if to_stdout:
+        state = ResumeState("fresh")
+    else:
+        state = inspect_output(opts.output_path, opts.fingerprint, opts.overwrite)
+    rep.phase("checking the input")
+    with state.done:
+        pending_lines, done_lines = _check_input(opts, summary, state, stop_check)
+    summary.resumed, summary.torn_bytes = len(done_lines), state.torn_bytes
+    if state.mode == "resume":
+        rep.note(f"resuming {opts.output_path}: {summary.resumed} of {summary.lines} records are there")
+    if state.repeats:
+        rep.note(f"{len(state.repeats)} record(s) in {opts.output_path} repeat an earlier record's id (two runs "
+                 "wrote it at once?): removed, the first of each kept")
+    if state.records > summary.resumed:
+        rep.note(f"{state.records - summary.resumed} record(s) in {opts.output_path} answer no line of the input")
+    if state.torn_bytes:
+        rep.note(f"cut {state.torn_bytes} bytes of a torn last line")
+
     writer_cm = StreamWriter() if to_stdout else OutputWriter(opts.output_path, state, opts.fingerprint)
     with writer_cm as writer:
         tag = opts.fingerprint.tag
         counter = _PendingCounter()
-        pairs = _pending(opts.input_path, done_lines, writer, tag, summary, counter)
+        pairs = _pending(opts.input_path, done_lines, writer, tag, summary, counter, stop_check)
         rejected_count = extra = 0
         if pending_lines:
             backend = backend_factory()
@@ -223,14 +240,20 @@ def _finish(summary: JobSummary) -> JobSummary:
 
 
 def _check_paths(opts: JobOptions) -> None:
-    try:
-        if opts.output_path.exists() and os.path.samefile(opts.input_path, opts.output_path):
-            raise OutputError(f"the output {opts.output_path} is the input file: choose another -o")
-    except FileNotFoundError:
-        pass  # the input's absence is reported by the reader
+    """The input must not be the output or any file batchllm writes for it (the sidecar...)."""
+    if not is_output_file(opts.input_path, opts.output_path):
+        return
+    if opts.input_path.name == opts.output_path.name:
+        raise OutputError(f"the output {opts.output_path} is the input file: choose another -o")
+    raise OutputError(
+        f"the input {opts.input_path} is a file batchllm writes for the output {opts.output_path} "
+        "(it would be replaced): copy it elsewhere or choose another -o"
+    )
 
 
-def _check_input(opts: JobOptions, summary: JobSummary, state: ResumeState) -> tuple[int, LineSet]:
+def _check_input(
+    opts: JobOptions, summary: JobSummary, state: ResumeState, stop_check: Callable[[], None]
+) -> tuple[int, LineSet]:
     """Pass 1: refuses duplicate ids, and (--strict) any bad line, before anything is written.
     Returns how many lines the output does not hold yet, and the lines it holds."""
     listed: list[str] = []
@@ -240,6 +263,8 @@ def _check_input(opts: JobOptions, summary: JobSummary, state: ResumeState) -> t
             for rec in read_input(opts.input_path):
                 keys.add(key_of(rec.id, rec.line), rec.line)
                 last_line = rec.line
+                if len(keys) % STOP_CHECK_EVERY == 0:
+                    stop_check()
                 if isinstance(rec, BadLine):
                     bad += 1
                     if len(listed) < MAX_LISTED:
@@ -248,6 +273,8 @@ def _check_input(opts: JobOptions, summary: JobSummary, state: ResumeState) -> t
             for line, rid in read_ids(opts.input_path):
                 keys.add(key_of(rid, line), line)
                 last_line = line
+                if len(keys) % STOP_CHECK_EVERY == 0:
+                    stop_check()
         summary.lines = len(keys)
         dups, count = duplicates(keys, limit=MAX_DUPLICATES)
         if dups:
@@ -256,9 +283,10 @@ def _check_input(opts: JobOptions, summary: JobSummary, state: ResumeState) -> t
             raise InputError(f"duplicate ids: {shown}{tail}; every id must be unique")
         if bad:
             raise _bad_lines_error(listed, bad)
+        stop_check()
         done_lines = lines_in(keys, state.done, last_line)
-    # every record of the output is a line of this input (same fingerprint, no duplicates)
-    return summary.lines - state.records, done_lines
+    # resume counts distinct input lines answered, not records (those may repeat an id)
+    return summary.lines - len(done_lines), done_lines
 
 
 def _bad_lines_error(listed: list[str], total: int) -> InputError:
@@ -274,10 +302,12 @@ class _PendingCounter:
 
 def _pending(
     path: Path, done_lines: LineSet, writer: OutputWriter | StreamWriter, tag: str, summary: JobSummary,
-    counter: _PendingCounter,
+    counter: _PendingCounter, stop_check: Callable[[], None],
 ) -> Iterator[tuple[InputRecord, bool]]:
     """Pass 2: (good record, already done) pairs; bad lines get their error record on the way."""
-    for rec in read_input(path):
+    for i, rec in enumerate(read_input(path), 1):
+        if i % STOP_CHECK_EVERY == 0:
+            stop_check()
         done = rec.line in done_lines
         if isinstance(rec, BadLine):
             summary.bad_lines += 1
