@@ -21,7 +21,9 @@ common shared segment, for the prefix-shared decode kernel.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -72,62 +74,123 @@ class AttentionMetadata:
         device: torch.device | str = "cpu",
     ) -> "AttentionMetadata":
         """Builds the tensors from host lists; items must already be in kernel order."""
-        num_items = len(q_lens)
-        num_decodes = 0
-        while num_decodes < num_items and q_lens[num_decodes] == 1:
-            num_decodes += 1
-        cu = [0]
-        for q in q_lens:
-            cu.append(cu[-1] + q)
-        slots = slot_mapping(block_size, q_lens, own_ctx_lens, own_block_tables)
-        # Runs of decodes with one shared segment; a decode without one is a run of its own.
-        group_ptr: list[int] = []
-        group_shared: list[int] = []
-        for i in range(num_decodes):
-            if i == 0 or shared_ids[i] < 0 or shared_ids[i] != shared_ids[i - 1]:
-                group_ptr.append(i)
-                group_shared.append(shared_ids[i])
-        group_ptr.append(num_decodes)
-        max_kv = 0
-        for i in range(num_items):
-            s = shared_ids[i]
-            max_kv = max(max_kv, (shared_lens[s] if s >= 0 else 0) + own_ctx_lens[i] + q_lens[i])
+        layout = HostLayout.build(block_size, q_lens, own_ctx_lens, own_block_tables, shared_ids,
+                                  shared_lens, shared_block_tables)
+        return layout.to_device(device)
 
-        def table(rows: list[list[int]]) -> torch.Tensor:
-            width = max((len(r) for r in rows), default=0) or 1
-            out = np.zeros((len(rows), width), dtype=np.int32)
-            for i, r in enumerate(rows):
-                out[i, : len(r)] = r
-            return torch.from_numpy(out).to(device)
 
-        def i32(xs: list[int]) -> torch.Tensor:
-            return torch.tensor(xs, dtype=torch.int32, device=device)
+def ragged_table(rows: Sequence[Sequence[int]], width: int | None = None, height: int | None = None) -> np.ndarray:
+    """[height, width] int32 (default: rows x the longest row, at least 1 column), rows padded with 0."""
+    lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    width = width if width is not None else max(int(lens.max(initial=0)), 1)
+    out = np.zeros((height if height is not None else len(rows), width), dtype=np.int32)
+    if len(rows) and lens.sum():
+        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(lens.sum()))
+        out[: len(rows)][np.arange(width)[None, :] < lens[:, None]] = flat
+    return out
 
+
+@dataclass
+class HostLayout:
+    """AttentionMetadata's arrays on the host (numpy), built once per step with no per-token
+    Python loop; `to_device` uploads them in two packed copies (int32 and int64)."""
+
+    block_size: int
+    num_decodes: int
+    max_q_len: int
+    max_kv_len: int
+    cu_seqlens_q: np.ndarray  # [num_items + 1] int32
+    own_ctx_lens: np.ndarray  # [num_items] int32
+    own_block_tables: np.ndarray  # [num_items, w] int32
+    shared_ids: np.ndarray  # [num_items] int32
+    shared_lens: np.ndarray  # [num_shared] int32
+    shared_block_tables: np.ndarray  # [num_shared, ws] int32
+    slot_mapping: np.ndarray  # [num_tokens] int64
+    decode_group_ptr: np.ndarray  # [num_decode_groups + 1] int32
+    decode_group_shared: np.ndarray  # [num_decode_groups] int32
+
+    INT32_FIELDS = ("cu_seqlens_q", "own_ctx_lens", "own_block_tables", "shared_ids", "shared_lens",
+                    "shared_block_tables", "decode_group_ptr", "decode_group_shared")
+
+    @property
+    def num_decode_groups(self) -> int:
+        return int(self.decode_group_shared.shape[0])
+
+    @classmethod
+    def build(
+        cls,
+        block_size: int,
+        q_lens: Sequence[int],
+        own_ctx_lens: Sequence[int],
+        own_block_tables: Sequence[Sequence[int]],
+        shared_ids: Sequence[int],
+        shared_lens: Sequence[int],
+        shared_block_tables: Sequence[Sequence[int]],
+    ) -> "HostLayout":
+        """The layout of items in kernel order (see the module docstring)."""
+        q = np.asarray(q_lens, dtype=np.int64).reshape(-1)
+        ctx = np.asarray(own_ctx_lens, dtype=np.int32).reshape(-1)
+        sid = np.asarray(shared_ids, dtype=np.int32).reshape(-1)
+        slens = np.asarray(shared_lens, dtype=np.int32).reshape(-1)
+        n = int(q.shape[0])
+        not_single = np.flatnonzero(q != 1)
+        num_decodes = int(not_single[0]) if not_single.size else n
+        cu = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(q, out=cu[1:])
+        own = ragged_table(own_block_tables)
+        # slot of each new token: item i's j-th token sits at own position ctx[i] + j
+        item_of = np.repeat(np.arange(n), q)
+        pos = ctx[item_of].astype(np.int64) + (np.arange(int(cu[-1]), dtype=np.int64) - cu[:-1][item_of])
+        slots = own[item_of, pos // block_size].astype(np.int64) * block_size + pos % block_size
+        # runs of decodes with one shared segment; a decode without one is a run of its own
+        d = sid[:num_decodes]
+        starts = np.flatnonzero((d < 0) | (d != np.concatenate([[-2], d[:-1]])))
+        ptr = np.append(starts, num_decodes).astype(np.int32)
+        kv = np.where(sid >= 0, slens[np.maximum(sid, 0)] if slens.size else 0, 0) + ctx + q
         return cls(
             block_size=block_size,
             num_decodes=num_decodes,
-            max_q_len=max(q_lens, default=0),
-            max_kv_len=max_kv,
-            cu_seqlens_q=i32(cu),
-            own_ctx_lens=i32(own_ctx_lens),
-            own_block_tables=table(own_block_tables),
-            shared_ids=i32(shared_ids),
-            shared_lens=i32(shared_lens),
-            shared_block_tables=table(shared_block_tables),
-            slot_mapping=torch.from_numpy(slots).to(device),
-            decode_group_ptr=i32(group_ptr),
-            decode_group_shared=i32(group_shared),
+            max_q_len=int(q.max(initial=0)),
+            max_kv_len=int(kv.max(initial=0)),
+            cu_seqlens_q=cu,
+            own_ctx_lens=ctx,
+            own_block_tables=own,
+            shared_ids=sid,
+            shared_lens=slens,
+            shared_block_tables=ragged_table(shared_block_tables),
+            slot_mapping=slots,
+            decode_group_ptr=ptr,
+            decode_group_shared=d[starts].astype(np.int32),
         )
 
+    def to_device(self, device: torch.device | str, **launch: int | None) -> AttentionMetadata:
+        """AttentionMetadata on `device`: the int32 arrays in one packed copy, slots in another;
+        from pinned memory without waiting on a CUDA device. `launch`: decode_block_m / splits."""
+        parts = [getattr(self, name) for name in self.INT32_FIELDS]
+        views = upload_packed(parts, torch.int32, device)
+        (slots,) = upload_packed([self.slot_mapping], torch.int64, device)
+        fields = dict(zip(self.INT32_FIELDS, views))
+        return AttentionMetadata(block_size=self.block_size, num_decodes=self.num_decodes,
+                                 max_q_len=self.max_q_len, max_kv_len=self.max_kv_len,
+                                 slot_mapping=slots, **fields, **launch)
 
 
-def slot_mapping(
-    block_size: int, q_lens: list[int], own_ctx_lens: list[int], own_block_tables: list[list[int]]
-) -> np.ndarray:
-    """[num_tokens] int64: the cache slot (block * block_size + offset) of each new token."""
-    parts = []
-    for q, ctx, table in zip(q_lens, own_ctx_lens, own_block_tables):
-        pos = np.arange(ctx, ctx + q, dtype=np.int64)
-        blocks = np.asarray(table, dtype=np.int64)[pos // block_size]
-        parts.append(blocks * block_size + pos % block_size)
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+def upload_flat(arrays: Sequence[np.ndarray], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """`arrays` flattened end to end into one tensor on `device`, in one transfer. On CUDA the
+    host side is pinned and the copy non-blocking (stream-ordered: it never waits for the GPU)."""
+    device = torch.device(device)
+    flat = np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.zeros(0)
+    host = torch.from_numpy(flat).to(dtype)
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
+def upload_packed(arrays: Sequence[np.ndarray], dtype: torch.dtype, device: torch.device | str) -> list[torch.Tensor]:
+    """`arrays` on `device` as views of one tensor, copied in one transfer (see upload_flat)."""
+    packed = upload_flat(arrays, dtype, device)
+    out, offset = [], 0
+    for a in arrays:
+        out.append(packed[offset : offset + a.size].view(a.shape))
+        offset += a.size
+    return out

@@ -34,7 +34,6 @@ def _padded_meta(step, size: int, gqa: int, num_kv_heads: int) -> tuple[Attentio
         BLOCK, token_ids=[0] * n, positions=list(range(n)), own_ctx_lens=ctx,
         own_block_tables=own_tables, shared_ids=meta.shared_ids.tolist(), shared_lens=shared_lens,
         shared_block_tables=shared_tables, size=size,
-        own_width=max(map(len, own_tables)), shared_width=max(map(len, shared_tables), default=1) or 1,
     )
     assert layout.slot_mapping[n:].tolist() == [-1] * (size - n)
     assert layout.slot_mapping[:n].tolist() == meta.slot_mapping.tolist()

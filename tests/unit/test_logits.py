@@ -9,6 +9,13 @@ from batchllm_cli.engine.logits import apply_penalties, token_logprobs
 from batchllm_cli.engine.sampler import SampleRow, Sampler, report_logprobs, restrict_support
 from batchllm_cli.types import SamplingParams
 
+
+class HostSampler(Sampler):
+    """The sampler with its tokens as a host list (the engine keeps them on the device)."""
+
+    def __call__(self, logits, rows):  # noqa: ANN001, ANN204
+        return super().__call__(logits, rows).tolist()
+
 VOCAB = 30
 
 
@@ -44,9 +51,9 @@ def test_greedy_rows_with_penalties_avoid_what_they_repeated():
     logits[:, 6] = 1.5
     plain = SampleRow(SamplingParams(), 0, 3, (), (4, 4, 4))
     penalized = SampleRow(SamplingParams(frequency_penalty=0.5), 1, 3, (), (4, 4, 4))
-    assert Sampler()(logits, [plain, penalized]) == [4, 6]
+    assert HostSampler()(logits, [plain, penalized]) == [4, 6]
     repeated_prompt = SampleRow(SamplingParams(repetition_penalty=2.0), 2, 0, (4,), ())
-    assert Sampler()(logits[:1], [repeated_prompt]) == [6]  # 2.0 / 2 < 1.5
+    assert HostSampler()(logits[:1], [repeated_prompt]) == [6]  # 2.0 / 2 < 1.5
 
 
 def test_min_p_keeps_tokens_at_least_that_fraction_of_the_top():
@@ -58,7 +65,7 @@ def test_min_p_keeps_tokens_at_least_that_fraction_of_the_top():
     assert kept == [True, True, True, False]  # 0.08 < 0.2 * 0.5 <= 0.12
     assert restrict_support(scaled, no, one, torch.tensor([0.0])).isfinite().all()
     rows = [SampleRow(SamplingParams(temperature=1.0, min_p=0.7, seed=1), 0, i) for i in range(300)]
-    assert set(Sampler()(scaled.expand(300, 4), rows)) == {0}  # only 0.5 is within 0.7 x 0.5
+    assert set(HostSampler()(scaled.expand(300, 4), rows)) == {0}  # only 0.5 is within 0.7 x 0.5
 
 
 def test_token_logprobs_are_log_softmax_of_the_raw_logits():
@@ -82,7 +89,7 @@ def test_reports_go_only_to_rows_that_ask_and_ignore_temperature():
         SampleRow(SamplingParams(logprobs=2, temperature=5.0, seed=3), 1, 0),
         SampleRow(SamplingParams(logprobs=0, repetition_penalty=1.5), 2, 0, (1, 2), ()),
     ]
-    tokens = Sampler()(logits, rows)
+    tokens = HostSampler()(logits, rows)
     reports = report_logprobs(logits, rows, tokens)
     assert reports[0] is None
     ref = torch.log_softmax(logits, -1)
@@ -94,13 +101,13 @@ def test_reports_go_only_to_rows_that_ask_and_ignore_temperature():
 def test_rows_short_of_min_tokens_never_draw_eos():
     logits = torch.zeros(3, VOCAB)
     logits[:, 2] = 5.0  # EOS is the favourite
-    eos = Sampler(eos_token_ids=[2])
+    eos = HostSampler(eos_token_ids=[2])
     rows = [SampleRow(SamplingParams(min_tokens=2), 0, 1), SampleRow(SamplingParams(min_tokens=2), 1, 2),
             SampleRow(SamplingParams(min_tokens=4, temperature=1.0, seed=1), 2, 0)]
     assert eos(logits, rows)[:2] == [0, 2]  # position 1 < 2: not EOS; position 2: EOS allowed
     draws = eos(logits[2:].expand(50, VOCAB), [SampleRow(rows[2].params, 2, 0)] * 50)
     assert 2 not in draws
-    assert Sampler()(logits[:1], rows[:1]) == [2]  # no EOS ids known: nothing to keep out
+    assert HostSampler()(logits[:1], rows[:1]) == [2]  # no EOS ids known: nothing to keep out
     assert logits[0, 2] == 5.0  # the caller's logits are untouched
 
 
@@ -110,7 +117,7 @@ def test_logit_bias_moves_the_draw_but_not_the_reported_logprobs():
     other = (top + 1) % VOCAB
     rows = [SampleRow(SamplingParams(logit_bias=((top, -100.0),)), 0, 0),
             SampleRow(SamplingParams(logit_bias=((other, 100.0),), logprobs=0), 1, 0)]
-    tokens = Sampler()(logits, rows)
+    tokens = HostSampler()(logits, rows)
     assert tokens[0] == int(logits[0].topk(2).indices[1]) and tokens[1] == other
     [_, report] = report_logprobs(logits, rows, tokens)
     assert report.logprob == pytest.approx(torch.log_softmax(logits[1], -1)[other].item(), abs=1e-6)

@@ -6,6 +6,13 @@ import torch
 from batchllm_cli.engine.sampler import SampleRow, Sampler, mix32, restrict_support
 from batchllm_cli.types import SamplingParams
 
+
+class HostSampler(Sampler):
+    """The sampler with its tokens as a host list (the engine keeps them on the device)."""
+
+    def __call__(self, logits, rows):  # noqa: ANN001, ANN204
+        return super().__call__(logits, rows).tolist()
+
 VOCAB = 40
 
 
@@ -17,14 +24,14 @@ def random_logits(rows: int, seed: int = 0) -> torch.Tensor:
 def test_greedy_is_argmax():
     logits = random_logits(5)
     rows = [SampleRow(SamplingParams(temperature=0.0), i, 0) for i in range(5)]
-    assert Sampler()(logits, rows) == logits.argmax(-1).tolist()
+    assert HostSampler()(logits, rows) == logits.argmax(-1).tolist()
 
 
 def test_seeded_draws_do_not_depend_on_batch_order_or_company():
     logits = random_logits(6)
     params = [SamplingParams(temperature=0.9, seed=s) for s in (1, 2, None, None, 5, 1)]
     rows = [SampleRow(p, i, 3) for i, p in enumerate(params)]
-    sampler = Sampler(job_seed=7)
+    sampler = HostSampler(job_seed=7)
     together = sampler(logits, rows)
     alone = [sampler(logits[i : i + 1], [rows[i]])[0] for i in range(6)]
     perm = [4, 2, 0, 5, 1, 3]
@@ -41,18 +48,18 @@ def test_draws_depend_on_seed_position_and_derived_seed():
     other_seed = [SampleRow(SamplingParams(temperature=1.0, seed=2), 0, i) for i in range(200)]
     derived = [SampleRow(SamplingParams(temperature=1.0), 0, i) for i in range(200)]
     derived_other_index = [SampleRow(SamplingParams(temperature=1.0), 1, i) for i in range(200)]
-    s = Sampler(job_seed=0)
+    s = HostSampler(job_seed=0)
     a, b, c, d = s(logits, base), s(logits, other_seed), s(logits, derived), s(logits, derived_other_index)
     assert len({tuple(a), tuple(b), tuple(c), tuple(d)}) == 4
     assert len(set(a)) > VOCAB // 2  # positions give different draws
-    assert Sampler(job_seed=1)(logits, derived) != c  # the job seed matters for derived seeds
+    assert HostSampler(job_seed=1)(logits, derived) != c  # the job seed matters for derived seeds
 
 
 def test_sampling_follows_the_softmax():
     logits = torch.tensor([[1.0, 2.0, 0.5, -1.0, 3.0]])
     n = 8000
     rows = [SampleRow(SamplingParams(temperature=0.7, seed=3), 0, i) for i in range(n)]
-    counts = torch.bincount(torch.tensor(Sampler()(logits.expand(n, 5), rows)), minlength=5) / n
+    counts = torch.bincount(torch.tensor(HostSampler()(logits.expand(n, 5), rows)), minlength=5) / n
     assert torch.allclose(counts, torch.softmax(logits[0] / 0.7, -1), atol=0.02)
 
 
@@ -61,7 +68,7 @@ def test_top_k_and_top_p_restrict_the_support(top_k, top_p, allowed):
     logits = torch.tensor([[1.0, 2.0, 0.5, -1.0, 3.0]])  # probs 0.084 0.229 0.051 0.011 0.624
     n = 3000
     rows = [SampleRow(SamplingParams(temperature=1.0, top_k=top_k, top_p=top_p, seed=0), 0, i) for i in range(n)]
-    drawn = set(Sampler()(logits.expand(n, 5), rows))
+    drawn = set(HostSampler()(logits.expand(n, 5), rows))
     assert drawn == allowed
 
 

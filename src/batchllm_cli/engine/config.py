@@ -28,10 +28,15 @@ class EngineConfig:
     min_prefix_tokens: int = 16
     prefix_sharing: bool = True
     cuda_graphs: bool = False
+    # schedule and launch step N+1 while step N runs (engine/engine.py); None: on CUDA only
+    overlap: bool | None = None
     seed: int = 0
     # how requests are scheduled: "batchllm" (the plan's prefix groups), or a peer's policy on
     # this engine for comparisons: "vllm-like" / "sglang-like" (engine/caching.py)
     policy: str = "batchllm"
+    # torch CPU threads on a CPU device: this share of the cores the process may use, at least
+    # one (applied by the CLI, cli/threads.py; --threads and OMP_NUM_THREADS win)
+    cpu_thread_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -44,6 +49,8 @@ class EngineConfig:
             raise ConfigError(f"memory_bound must be in (0, 1], got {self.memory_bound}")
         if not 0 < self.kv_cache_fraction <= 1:
             raise ConfigError(f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}")
+        if not 0 < self.cpu_thread_share <= 1:
+            raise ConfigError(f"cpu_thread_share must be in (0, 1], got {self.cpu_thread_share}")
         if self.kv_cache_gib <= 0:
             raise ConfigError(f"kv_cache_gib must be positive, got {self.kv_cache_gib}")
         if self.min_prefix_tokens < 1:

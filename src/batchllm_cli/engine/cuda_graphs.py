@@ -19,13 +19,13 @@ captured), and share one memory pool.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from batchllm_kernels.metadata import AttentionMetadata
+from batchllm_kernels.metadata import AttentionMetadata, HostLayout, upload_flat
 from batchllm_kernels.decode_launch import decode_launch_shape
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512)
@@ -34,20 +34,16 @@ MAX_GRAPHS = 48  # keys beyond this run eagerly (each graph holds its own launch
 
 @dataclass(frozen=True)
 class DecodeLayout:
-    """The host arrays of one padded decode step (shapes fixed by the bucket and widths)."""
+    """The host arrays of one padded decode step: a HostLayout of B rows and the token inputs."""
 
-    input_ids: np.ndarray  # [B] int64
+    host: HostLayout  # B rows: the n real decodes, then B - n padding decodes
+    input_ids: np.ndarray  # [B] int64 (-1 where the token comes from the previous step)
     positions: np.ndarray  # [B] int64
-    own_ctx_lens: np.ndarray  # [B] int32
-    own_block_tables: np.ndarray  # [B, own_width] int32
-    shared_ids: np.ndarray  # [B] int32
-    shared_lens: np.ndarray  # [B] int32
-    shared_block_tables: np.ndarray  # [B, shared_width] int32
-    slot_mapping: np.ndarray  # [B] int64
-    decode_group_ptr: np.ndarray  # [B + 1] int32
-    decode_group_shared: np.ndarray  # [B] int32
     num_groups: int  # real decode groups (before the padding groups)
-    max_kv_len: int
+    max_kv_len: int  # over the real decodes
+
+    def __getattr__(self, name: str) -> Any:  # the HostLayout's arrays, by their names
+        return getattr(self.host, name)
 
 
 def bucket_for(n: int) -> int | None:
@@ -56,6 +52,41 @@ def bucket_for(n: int) -> int | None:
         if b >= n:
             return b
     return None
+
+
+def pad_layout(layout: HostLayout, input_ids: np.ndarray, positions: np.ndarray, size: int) -> DecodeLayout:
+    """A decode-only HostLayout of n rows padded to `size` rows (see the module docstring)."""
+    n, s = layout.num_decodes, int(layout.shared_lens.shape[0])
+    if layout.num_decodes != int(layout.own_ctx_lens.shape[0]):
+        raise ValueError("only a decode-only step can be padded for a graph")
+    if n > size or s > size:
+        raise ValueError(f"{n} decodes / {s} shared segments do not fit a graph of {size}")
+
+    def pad(a: np.ndarray, fill: int, rows: int = size) -> np.ndarray:
+        out = np.full((rows,) + a.shape[1:], fill, dtype=a.dtype)
+        out[: a.shape[0]] = a
+        return out
+
+    g = layout.num_decode_groups
+    # groups: the real runs, then one per padding row, then empty groups up to `size`
+    ptr = np.full(size + 1, size, np.int32)
+    ptr[:g] = layout.decode_group_ptr[:g]
+    ptr[g : g + size - n] = np.arange(n, size, dtype=np.int32)
+    host = replace(
+        layout,
+        num_decodes=size,
+        cu_seqlens_q=np.arange(size + 1, dtype=np.int32),
+        own_ctx_lens=pad(layout.own_ctx_lens, 0),
+        own_block_tables=pad(layout.own_block_tables, 0),
+        shared_ids=pad(layout.shared_ids, -1),
+        shared_lens=pad(layout.shared_lens, 0),
+        shared_block_tables=pad(layout.shared_block_tables, 0),
+        slot_mapping=pad(layout.slot_mapping, -1),
+        decode_group_ptr=ptr,
+        decode_group_shared=pad(layout.decode_group_shared, -1),
+    )
+    return DecodeLayout(host, pad(input_ids.astype(np.int64), 0), pad(positions.astype(np.int64), 0), g,
+                        max(layout.max_kv_len, 1))
 
 
 def pad_decode_layout(
@@ -68,46 +99,13 @@ def pad_decode_layout(
     shared_lens: Sequence[int],
     shared_block_tables: Sequence[Sequence[int]],
     size: int,
-    own_width: int,
-    shared_width: int,
 ) -> DecodeLayout:
-    """The layout of n decode items (kernel order: grouped by shared id) padded to `size` rows,
-    block tables `own_width` / `shared_width` columns wide.
+    """The layout of n decode items (kernel order: grouped by shared id) padded to `size` rows.
 
     Each decode's new token sits at own position own_ctx_lens[i] (its KV is stored there)."""
-    n, s = len(token_ids), len(shared_lens)
-    if n > size or s > size:
-        raise ValueError(f"{n} decodes / {s} shared segments do not fit a graph of {size}")
-    ids = np.zeros(size, np.int64)
-    ids[:n] = token_ids
-    pos = np.zeros(size, np.int64)
-    pos[:n] = positions
-    ctx = np.zeros(size, np.int32)
-    ctx[:n] = own_ctx_lens
-    own = np.zeros((size, own_width), np.int32)
-    slots = np.full(size, -1, np.int64)
-    for i, table in enumerate(own_block_tables):
-        own[i, : len(table)] = table
-        c = own_ctx_lens[i]
-        slots[i] = int(table[c // block_size]) * block_size + c % block_size
-    sid = np.full(size, -1, np.int32)
-    sid[:n] = shared_ids
-    slen = np.zeros(size, np.int32)
-    slen[:s] = shared_lens
-    stab = np.zeros((size, shared_width), np.int32)
-    for j, table in enumerate(shared_block_tables):
-        stab[j, : len(table)] = table
-    # groups: runs of decodes with one shared id (a decode without one is its own run), then
-    # one group per padding row, then empty groups up to `size`
-    starts = [i for i in range(n) if i == 0 or sid[i] < 0 or sid[i] != sid[i - 1]]
-    ptr = np.full(size + 1, size, np.int32)
-    ptr[: len(starts)] = starts
-    num_groups = len(starts)
-    ptr[num_groups : num_groups + size - n] = np.arange(n, size, dtype=np.int32)
-    gshared = np.full(size, -1, np.int32)
-    gshared[:num_groups] = sid[starts] if starts else []
-    kv = [(shared_lens[sid[i]] if sid[i] >= 0 else 0) + own_ctx_lens[i] + 1 for i in range(n)]
-    return DecodeLayout(ids, pos, ctx, own, sid, slen, stab, slots, ptr, gshared, num_groups, max(kv, default=1))
+    layout = HostLayout.build(block_size, [1] * len(token_ids), own_ctx_lens, own_block_tables,
+                              shared_ids, shared_lens, shared_block_tables)
+    return pad_layout(layout, np.asarray(token_ids), np.asarray(positions), size)
 
 
 def launch_key(layout: DecodeLayout, num_decodes: int, gqa: int, num_kv_heads: int, device: Any) -> tuple[int, int]:
@@ -117,6 +115,11 @@ def launch_key(layout: DecodeLayout, num_decodes: int, gqa: int, num_kv_heads: i
         num_decodes, layout.num_groups, gqa, num_kv_heads, layout.max_kv_len, device
     )
     return block_m, 1 << int(math.log2(max(1, splits)))
+
+
+# The static buffers of one bucket: 1-D int32 fields packed in one tensor (one copy fills them)
+_STATIC32 = ("own_ctx_lens", "shared_ids", "shared_lens", "decode_group_ptr", "decode_group_shared")
+_STATIC64 = ("input_ids", "positions", "slot_mapping")
 
 
 class DecodeGraphs:
@@ -142,28 +145,37 @@ class DecodeGraphs:
     def fits(self, num_decodes: int) -> bool:
         return 0 < num_decodes <= self.max_size
 
-    def run(self, layout_args: dict[str, Any], num_decodes: int) -> torch.Tensor:
-        """hidden [num_decodes, hidden] of a decode-only step (pad_decode_layout's arguments)."""
-        size = bucket_for(num_decodes)
-        assert size is not None
-        own_w = max((len(t) for t in layout_args["own_block_tables"]), default=1) or 1
-        shared_w = max((len(t) for t in layout_args["shared_block_tables"]), default=1) or 1
-        if max(own_w, shared_w) > self.width:
-            raise ValueError(f"a block table of {max(own_w, shared_w)} blocks exceeds the context's {self.width}")
-        layout = pad_decode_layout(self.block_size, size=size, own_width=own_w,
-                                   shared_width=shared_w, **layout_args)
+    def keys_for(self, size: int, layout: DecodeLayout, num_decodes: int) -> tuple[int, int, int]:
         block_m, splits = launch_key(layout, num_decodes, self.gqa, self.num_kv_heads, self.device)
+        return size, block_m, splits
+
+    def run(self, layout: HostLayout, input_ids: np.ndarray, positions: np.ndarray,
+            feed: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """hidden [n, hidden] of a decode-only step of n decodes (a HostLayout in kernel order).
+
+        feed: (rows [k] int64, tokens [k] int64) on the device: input ids that the previous step
+        sampled and the host has not seen yet, written over input_ids[rows]."""
+        n = layout.num_decodes
+        size = bucket_for(n)
+        assert size is not None
+        widths = (layout.own_block_tables.shape[1], layout.shared_block_tables.shape[1])
+        if max(widths) > self.width:
+            raise ValueError(f"a block table of {max(widths)} blocks exceeds the context's {self.width}")
+        padded = pad_layout(layout, input_ids, positions, size)
+        key = self.keys_for(size, padded, n)
         buf = self._static(size)
-        self._fill(buf, layout)
-        key = (size, block_m, splits)
+        self._fill(buf, padded, feed)
         entry = self._graphs.get(key)
         if entry is not None:
             entry[0].replay()
             self.replays += 1
-            return entry[1][:num_decodes]
-        meta = self._meta(buf, size, block_m, splits)
+            return entry[1][:n]
+        meta = self._meta(buf, size, key[1], key[2])
         if len(self._graphs) >= MAX_GRAPHS:
-            return self._forward(buf, meta)[:num_decodes]
+            return self._forward(buf, meta)[:n]
+        return self._capture(key, buf, meta)[:n]
+
+    def _capture(self, key: tuple[int, int, int], buf: dict[str, torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
         # this step, eagerly on a side stream: compiles the kernels and warms up the libraries
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -177,7 +189,7 @@ class DecodeGraphs:
             static_out = self._forward(buf, meta)
         self._graphs[key] = (graph, static_out)
         self.captures += 1
-        return out[:num_decodes]
+        return out
 
     def _forward(self, buf: dict[str, torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
         return self.model(buf["input_ids"], buf["positions"], meta, self.kv_caches)
@@ -186,32 +198,42 @@ class DecodeGraphs:
         buf = self._buffers.get(size)
         if buf is None:
             dev, w = self.device, self.width
-
-            def z(*shape: int, dtype: torch.dtype = torch.int32) -> torch.Tensor:
-                return torch.zeros(shape, dtype=dtype, device=dev)
-
-            buf = {
-                "input_ids": z(size, dtype=torch.int64), "positions": z(size, dtype=torch.int64),
-                "own_ctx_lens": z(size), "own_block_tables": z(size, w), "shared_ids": z(size),
-                "shared_lens": z(size), "shared_block_tables": z(size, w),
-                "slot_mapping": z(size, dtype=torch.int64), "decode_group_ptr": z(size + 1),
-                "decode_group_shared": z(size),
-                "cu_seqlens_q": torch.arange(size + 1, dtype=torch.int32, device=dev),
-            }
+            lens32 = {"own_ctx_lens": size, "shared_ids": size, "shared_lens": size,
+                      "decode_group_ptr": size + 1, "decode_group_shared": size}
+            flat32 = torch.zeros(sum(lens32.values()), dtype=torch.int32, device=dev)
+            flat64 = torch.zeros(3 * size, dtype=torch.int64, device=dev)
+            buf = {"flat32": flat32, "flat64": flat64}
+            offset = 0
+            for name in _STATIC32:
+                buf[name] = flat32[offset : offset + lens32[name]]
+                offset += lens32[name]
+            for k, name in enumerate(_STATIC64):
+                buf[name] = flat64[k * size : (k + 1) * size]
+            buf["own_block_tables"] = torch.zeros((size, w), dtype=torch.int32, device=dev)
+            buf["shared_block_tables"] = torch.zeros((size, w), dtype=torch.int32, device=dev)
+            buf["cu_seqlens_q"] = torch.arange(size + 1, dtype=torch.int32, device=dev)
             self._buffers[size] = buf
         return buf
 
-    def _fill(self, buf: dict[str, torch.Tensor], layout: DecodeLayout) -> None:
-        """Copies the layout into the static buffers; of the block tables only the columns in
-        use (the kernels never read a row past its length, so older columns may stay)."""
-        for name, tensor in buf.items():
-            if name == "cu_seqlens_q":
-                continue
-            host = torch.from_numpy(getattr(layout, name))
-            if host.dim() == 2:
-                tensor[:, : host.shape[1]].copy_(host)
-            else:
-                tensor.copy_(host)
+    def _fill(self, buf: dict[str, torch.Tensor], layout: DecodeLayout,
+              feed: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """Two packed uploads (pinned, non-blocking), then device-side copies of the block-table
+        columns in use (the kernels never read a row past its length, so older columns may stay)
+        and of the fed tokens."""
+        host = layout.host
+        own, shared = host.own_block_tables, host.shared_block_tables
+        head = [getattr(host, name) for name in _STATIC32]
+        n32 = buf["flat32"].shape[0]
+        packed = upload_flat(head + [own, shared], torch.int32, self.device)
+        buf["flat32"].copy_(packed[:n32])
+        own_dev = packed[n32 : n32 + own.size].view(own.shape)
+        shared_dev = packed[n32 + own.size :].view(shared.shape)
+        buf["flat64"].copy_(upload_flat([layout.input_ids, layout.positions, host.slot_mapping], torch.int64, self.device))
+        buf["own_block_tables"][: own.shape[0], : own.shape[1]].copy_(own_dev)
+        buf["shared_block_tables"][: shared.shape[0], : shared.shape[1]].copy_(shared_dev)
+        if feed is not None:
+            rows, tokens = feed
+            buf["input_ids"].index_copy_(0, rows, tokens)
 
     def _meta(self, buf: dict[str, torch.Tensor], size: int, block_m: int, splits: int) -> AttentionMetadata:
         return AttentionMetadata(

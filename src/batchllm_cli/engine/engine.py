@@ -1,4 +1,5 @@
-"""The step loop: schedule, run, apply; finished requests come out as Completions at once."""
+"""The step loop: schedule, launch, apply (one step ahead on CUDA); finished requests come out as
+Completions at once."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 from batchllm_cli.engine.block_pool import BlockPool
-from batchllm_cli.engine.runner import ModelRunner
 from batchllm_cli.engine.caching import make_scheduler
+from batchllm_cli.engine.runner import ModelRunner, StepOutput
+from batchllm_cli.engine.sampler import SampleRow
+from batchllm_cli.engine.scheduler import Scheduler
 from batchllm_cli.engine.state import RequestState, Status
+from batchllm_cli.engine.step import StepBatch
 from batchllm_cli.engine.stop import StopChecker
 from batchllm_cli.planner.plan import Plan
 from batchllm_cli.types import Completion, Request
@@ -26,14 +30,21 @@ class EngineProgress:
     output_tokens: int
     steps: int
     elapsed_s: float
-
-    @property
-    def prefix_tokens_saved(self) -> int:
-        """Prompt tokens whose KV came from a shared prefix instead of being computed again."""
-        return max(0, self.prompt_tokens - self.prefill_tokens)
+    prefix_tokens_saved: int = 0  # prompt tokens of completed prefills whose KV was shared (never decreases)
+    kv_blocks_used: int = 0  # KV blocks reserved right now
+    model_tokens: int = 0  # tokens run through the model so far (prefill and decode)
 
 
 ProgressFn = Callable[[EngineProgress], None]
+
+
+@dataclass
+class _Launched:
+    """A step on the device: its batch, the requests that sample in it, its output."""
+
+    batch: StepBatch
+    sampling: list[RequestState]
+    output: StepOutput
 
 
 def run_plan(
@@ -50,7 +61,14 @@ def run_plan(
     """Executes `plan` on `runner`, yielding each request's Completion as soon as it finishes.
 
     policy: "batchllm" runs the plan's groups; "vllm-like" / "sglang-like" ignore them and run
-    the requests in order over an LRU prefix cache (engine/caching.py), for comparisons."""
+    the requests in order over an LRU prefix cache (engine/caching.py), for comparisons.
+
+    On CUDA the loop runs one step ahead: step N+1 is scheduled and launched while step N runs,
+    and N's tokens are applied after (its decodes read N's tokens on the device). Worst-case KV
+    reservation means no allocation waits for a token. A request that stopped at N (EOS, stop
+    string) is in N+1 once more; that token is dropped. Penalties read every earlier token on
+    the host, so a job with penalties runs one step at a time.
+    """
     pool = BlockPool(runner.num_blocks)
     scheduler = make_scheduler(
         policy,
@@ -61,36 +79,76 @@ def run_plan(
         token_budget=token_budget,
         memory_bound=memory_bound,
     )
-    start = time.perf_counter()
-    prompt_tokens = prefill_tokens = output_tokens = 0
+    ahead = 1 if runner.overlaps and not any(r.sampling.has_penalties for r in requests) else 0
+    tally = _Tally(time.perf_counter(), len(requests))
+    launched: list[_Launched] = []
     while scheduler.has_work:
         batch = scheduler.schedule()
-        if not batch.items:
+        if batch.items:
+            running = scheduler.active_states()
+            sampling = [running[batch.items[i].request] for i in batch.sample_items]
+            rows = [SampleRow(s.request.sampling, s.index, s.num_output + s.pending - 1, s.request.prompt_ids,
+                              s.output_ids) for s in sampling]
+            prev = launched[-1].output if launched else None
+            launched.append(_Launched(batch, sampling, runner.launch(batch, rows, prev)))
+        elif not launched:
             raise RuntimeError("the scheduler made no progress: this is a bug in batchllm")
-        states = scheduler.active_states()
-        sampling = [states[batch.items[i].request] for i in batch.sample_items]
-        tokens, logprobs = runner.execute(batch, requests, [s.output_ids for s in sampling])
-        for state, logprob in zip(sampling, logprobs):
-            if logprob is not None:
-                state.logprobs.append(logprob)
-        finished = scheduler.update(batch, tokens, stop)
-        prefill_tokens += batch.num_prefill_tokens
-        output_tokens += len(tokens)
-        prompt_tokens += sum(s.request.prompt_len for s in sampling if s.num_output == 1)
-        for state in finished:
-            yield _completion(state, stop)
-        if on_progress is not None:
-            on_progress(
-                EngineProgress(
-                    requests_done=scheduler.num_finished,
-                    requests_total=len(requests),
-                    prompt_tokens=prompt_tokens,
-                    prefill_tokens=prefill_tokens,
-                    output_tokens=output_tokens,
-                    steps=scheduler.step_count,
-                    elapsed_s=time.perf_counter() - start,
-                )
-            )
+        if len(launched) > (ahead if batch.items else 0):
+            done = launched.pop(0)
+            finished = _apply(scheduler, done, stop, tally)
+            for state in finished:
+                yield _completion(state, stop)
+            if on_progress is not None:
+                on_progress(tally.progress(scheduler))
+
+
+@dataclass
+class _Tally:
+    """Running totals for EngineProgress."""
+
+    start: float
+    requests_total: int
+    prompt_tokens: int = 0
+    prefill_tokens: int = 0
+    output_tokens: int = 0
+    saved: int = 0
+    model_tokens: int = 0
+
+    def progress(self, scheduler: Scheduler) -> EngineProgress:
+        return EngineProgress(
+            requests_done=scheduler.num_finished,
+            requests_total=self.requests_total,
+            prompt_tokens=self.prompt_tokens,
+            prefill_tokens=self.prefill_tokens,
+            output_tokens=self.output_tokens,
+            steps=scheduler.step_count,
+            elapsed_s=time.perf_counter() - self.start,
+            prefix_tokens_saved=self.saved,
+            kv_blocks_used=scheduler.pool.num_used,
+            model_tokens=self.model_tokens,
+        )
+
+
+def _apply(scheduler: Scheduler, done: _Launched, stop: StopChecker, tally: _Tally) -> list[RequestState]:
+    """Applies a step's tokens (waiting for them) and counts what it did."""
+    tokens = done.output.token_ids()
+    # a request that finished after this step was issued gets no token from it
+    live = [s for s in done.sampling if s.status is not Status.FINISHED]
+    for state, logprob in zip(done.sampling, done.output.logprobs):
+        if logprob is not None and state.status is not Status.FINISHED:
+            state.logprobs.append(logprob)
+    first = [s for s in live if s.num_output == 0]
+    finished = scheduler.update(done.batch, tokens, stop)
+    tally.prefill_tokens += done.batch.num_prefill_tokens
+    tally.model_tokens += done.batch.num_tokens
+    tally.output_tokens += len(live)
+    for s in first:  # prompts completed by this step
+        tally.prompt_tokens += s.request.prompt_len
+        tally.saved += s.group.prefix_len + s.cached_len
+        if s.group.prefix_len and not s.group.prefix_paid:
+            s.group.prefix_paid = True  # the first member to complete its prompt computed the prefix
+            tally.saved -= s.group.prefix_len
+    return finished
 
 
 def _completion(state: RequestState, stop: StopChecker) -> Completion:

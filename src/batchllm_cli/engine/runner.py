@@ -1,14 +1,19 @@
 """The model runner: one StepBatch in, one sampled token per sampling item out.
 
-It builds the step's attention metadata once (FlashInfer's "plan once, run per layer"), runs the
-model over all of the step's tokens, computes logits only for the rows that sample, and samples.
+It builds the step's attention layout once on the host (FlashInfer's "plan once, run per layer")
+and uploads it in packed, pinned, non-blocking copies; runs the model over all of the step's
+tokens (a CUDA graph for decode-only steps), computes logits only for the rows that sample, and
+samples on the device. On CUDA nothing here waits for the GPU: the sampled tokens stay on the
+device for the next step's decodes and reach the host through a StepOutput.
 It also owns the paged KV cache and decides how many blocks it has.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
 import torch
 
 from batchllm_cli.engine.config import EngineConfig
@@ -17,8 +22,8 @@ from batchllm_cli.engine.step import StepBatch
 from batchllm_cli.errors import CapacityError
 from batchllm_cli.models.config import ModelConfig
 from batchllm_cli.models.kv_cache import allocate_kv_cache, num_blocks_for_bytes
-from batchllm_cli.types import Request, TokenLogprob
-from batchllm_kernels.metadata import AttentionMetadata
+from batchllm_cli.types import TokenLogprob
+from batchllm_kernels.metadata import HostLayout, upload_packed
 
 if TYPE_CHECKING:
     from batchllm_cli.engine.cuda_graphs import DecodeGraphs
@@ -63,68 +68,99 @@ class ModelRunner:
                 model, self.kv_caches, config.block_size, self.model_config.max_position, self.device
             )
 
-    def build_metadata(self, batch: StepBatch) -> AttentionMetadata:
-        """The step's attention layout, in the batch's (kernel) item order."""
+    @property
+    def overlaps(self) -> bool:
+        """Whether the engine schedules step N+1 before applying step N's tokens: on CUDA, where
+        launch returns before the GPU is done (EngineConfig.overlap overrides, e.g. for tests)."""
+        return self.device.type == "cuda" if self.config.overlap is None else self.config.overlap
+
+    def host_layout(self, batch: StepBatch) -> HostLayout:
+        """The step's attention layout on the host, in the batch's (kernel) item order."""
         items = batch.items
-        return AttentionMetadata.build(
-            block_size=self.config.block_size,
-            q_lens=[it.q_len for it in items],
-            own_ctx_lens=[it.own_ctx_len for it in items],
-            own_block_tables=[list(it.own_block_table) for it in items],
-            shared_ids=[it.shared_id for it in items],
-            shared_lens=[s.length for s in batch.shared],
-            shared_block_tables=[list(s.block_table) for s in batch.shared],
-            device=self.device,
+        return HostLayout.build(
+            self.config.block_size,
+            [it.q_len for it in items],
+            [it.own_ctx_len for it in items],
+            [it.own_block_table for it in items],
+            [it.shared_id for it in items],
+            [s.length for s in batch.shared],
+            [s.block_table for s in batch.shared],
         )
 
     @torch.inference_mode()
-    def execute(
-        self, batch: StepBatch, requests: Sequence[Request], outputs: Sequence[Sequence[int]]
-    ) -> tuple[list[int], list[TokenLogprob | None]]:
-        """Runs one step; returns one token per sampling item, in item order, and for each the
-        logprobs its request asked for (None for the others).
+    def launch(self, batch: StepBatch, rows: Sequence[SampleRow], prev: StepOutput | None = None) -> StepOutput:
+        """Issues one step; its sampled tokens (one per sampling item, in item order) come back
+        through the StepOutput, without waiting for the device on CUDA.
 
-        `outputs[k]` is the output ids the k-th sampling item's request already has: their count
-        is the output position of the token drawn now (which keys its random stream), and
-        presence, frequency and repetition penalties read them.
+        rows[k]: the k-th sampling item's SampleRow (its output position keys its random stream;
+        penalties read its tokens so far). prev: the step issued just before, whose device-side
+        tokens feed the decodes with `feed` >= 0.
         """
-        sample_items = batch.sample_items
+        items = batch.items
+        layout = self.host_layout(batch)
+        q = np.fromiter((it.q_len for it in items), dtype=np.int64, count=len(items))
+        starts = np.fromiter((it.start_pos for it in items), dtype=np.int64, count=len(items))
+        first = layout.cu_seqlens_q[:-1].astype(np.int64)
+        positions = np.repeat(starts - first, q) + np.arange(int(q.sum()), dtype=np.int64)
+        input_ids = np.concatenate([it.token_ids for it in items]).astype(np.int64)
+        feed_rows = np.fromiter((i for i, it in enumerate(items) if it.feed >= 0), dtype=np.int64)
+        feed_src = np.fromiter((it.feed for it in items if it.feed >= 0), dtype=np.int64)
+        if feed_rows.size and prev is None:
+            raise RuntimeError("a decode is fed from a previous step that was not given: a bug in batchllm")
+        sample_items = np.asarray(batch.sample_items, dtype=np.int64)
         if self.graphs is not None and self._graphable(batch):
-            hidden = self.graphs.run(_decode_layout_args(batch), len(batch.items))  # [num_items, hidden]
-            rows_idx = torch.tensor(sample_items, dtype=torch.long, device=self.device)
+            feed = None
+            if feed_rows.size:
+                rows_dev, src_dev = upload_packed([feed_rows, feed_src], torch.int64, self.device)
+                feed = (rows_dev, prev.tokens.index_select(0, src_dev))
+            hidden = self.graphs.run(layout, input_ids, positions, feed)  # [num_items, hidden]
         else:
-            meta = self.build_metadata(batch)
-            input_ids = torch.from_numpy(batch.input_ids()).to(self.device)  # [num_tokens]
-            positions = torch.from_numpy(batch.positions()).to(self.device)  # [num_tokens]
-            hidden = self.model(input_ids, positions, meta, self.kv_caches)  # [num_tokens, hidden]
-            ends = meta.cu_seqlens_q[1:].long() - 1  # [num_items]: each item's last token
-            rows_idx = ends[torch.tensor(sample_items, dtype=torch.long, device=self.device)]
-        if not sample_items:
-            return [], []
-        logits = self.model.compute_logits(hidden[rows_idx])  # [num_sampling, vocab] float32
-        rows = []
-        for i, out in zip(sample_items, outputs, strict=True):
-            index = batch.items[i].request
-            request = requests[index]
-            rows.append(SampleRow(request.sampling, index, len(out), request.prompt_ids, out))
+            meta = layout.to_device(self.device)
+            ends = layout.cu_seqlens_q[1:][sample_items].astype(np.int64) - 1
+            ids, pos, rows_dev, src_dev, ends_dev = upload_packed(
+                [input_ids, positions, feed_rows, feed_src, ends], torch.int64, self.device)
+            if feed_rows.size:
+                ids.index_copy_(0, rows_dev, prev.tokens.index_select(0, src_dev))
+            hidden = self.model(ids, pos, meta, self.kv_caches)[ends_dev]  # [num_sampling, hidden]
+        if not len(rows):
+            return StepOutput.empty(self.device)
+        logits = self.model.compute_logits(hidden)  # [num_sampling, vocab] float32
         tokens = self.sampler(logits, rows)
-        return tokens, report_logprobs(logits, rows, tokens)
+        return StepOutput.of(tokens, report_logprobs(logits, rows, tokens))
 
     def _graphable(self, batch: StepBatch) -> bool:
-        """Decode-only steps (every item one token) of a size some graph holds."""
+        """Decode-only steps (every item one token and sampling) of a size some graph holds."""
         assert self.graphs is not None
-        return self.graphs.fits(len(batch.items)) and all(it.q_len == 1 for it in batch.items)
+        return self.graphs.fits(len(batch.items)) and all(it.kind == "decode" for it in batch.items)
 
 
-def _decode_layout_args(batch: StepBatch) -> dict:
-    """cuda_graphs.pad_decode_layout's arguments for a decode-only step."""
-    items = batch.items
-    return {
-        "token_ids": [int(it.token_ids[0]) for it in items],
-        "positions": [it.start_pos for it in items],
-        "own_ctx_lens": [it.own_ctx_len for it in items],
-        "own_block_tables": [it.own_block_table for it in items],
-        "shared_ids": [it.shared_id for it in items],
-        "shared_lens": [sh.length for sh in batch.shared],
-        "shared_block_tables": [sh.block_table for sh in batch.shared],
-    }
+@dataclass
+class StepOutput:
+    """A launched step's sampled tokens: on the device (to feed the next step) and on their way
+    to the host (pinned memory, a non-blocking copy and an event on CUDA)."""
+
+    tokens: torch.Tensor  # [num_sampling] int64 on the model's device
+    logprobs: list[TokenLogprob | None]
+    _host: torch.Tensor
+    _ready: Any = None  # torch.cuda.Event recorded after the copy, None on CPU
+
+    @classmethod
+    def of(cls, tokens: torch.Tensor, logprobs: list[TokenLogprob | None]) -> "StepOutput":
+        if tokens.device.type != "cuda":
+            return cls(tokens, logprobs, tokens)
+        host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+        host.copy_(tokens, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return cls(tokens, logprobs, host, ready)
+
+    @classmethod
+    def empty(cls, device: torch.device) -> "StepOutput":
+        none = torch.zeros(0, dtype=torch.int64, device=device)
+        return cls(none, [], none.cpu())
+
+    def token_ids(self) -> list[int]:
+        """The sampled tokens on the host (waits for the step on CUDA)."""
+        if self._ready is not None:
+            self._ready.synchronize()
+        return self._host.tolist()

@@ -103,8 +103,9 @@ class Sampler:
         self.job_seed = job_seed
         self.eos_token_ids = list(eos_token_ids)  # never drawn by a row short of its min_tokens
 
-    def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> list[int]:
-        """logits [rows, vocab] float32 -> one token id per row."""
+    def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> torch.Tensor:
+        """logits [rows, vocab] float32 -> [rows] int64 token ids, on the logits' device (no
+        wait for the device: per-row parameters travel in non-blocking copies)."""
         assert logits.shape[0] == len(rows)
         penalized = [i for i, r in enumerate(rows) if r.params.has_penalties]
         too_short = [i for i, r in enumerate(rows) if r.position < r.params.min_tokens] if self.eos_token_ids else []
@@ -113,10 +114,10 @@ class Sampler:
             logits = logits.clone()  # the caller's raw logits stay as they are (logprob reports)
         for i in biased:
             ids, bias = zip(*rows[i].params.logit_bias)
-            logits[i, list(ids)] += torch.tensor(bias, dtype=logits.dtype, device=logits.device)
+            logits[i, _on(list(ids), torch.int64, logits.device)] += _on(list(bias), logits.dtype, logits.device)
         if too_short:
-            row_idx = torch.tensor(too_short, device=logits.device)[:, None]
-            eos_idx = torch.tensor(self.eos_token_ids, device=logits.device)[None, :]
+            row_idx = _on(too_short, torch.int64, logits.device)[:, None]
+            eos_idx = _on(self.eos_token_ids, torch.int64, logits.device)[None, :]
             logits[row_idx, eos_idx] = float("-inf")
         if penalized:
             sub = [rows[i] for i in penalized]
@@ -132,33 +133,44 @@ class Sampler:
         random_rows = [i for i, r in enumerate(rows) if r.params.temperature > 0]
         for start in range(0, len(random_rows), _ROWS_PER_CHUNK):
             chunk = random_rows[start : start + _ROWS_PER_CHUNK]
-            out[chunk] = self._draw(logits[chunk], [rows[i] for i in chunk])
-        return out.tolist()
+            index = _on(chunk, torch.int64, logits.device)
+            out[index] = self._draw(logits[index], [rows[i] for i in chunk])
+        return out
 
     def _draw(self, logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
         device = logits.device
-        temperature = torch.tensor([r.params.temperature for r in rows], device=device)
+        temperature = _on([r.params.temperature for r in rows], torch.float32, device)
         scaled = logits.float() / temperature[:, None]
         if any(r.params.top_k > 0 or r.params.top_p < 1.0 or r.params.min_p > 0 for r in rows):
-            top_k = torch.tensor([r.params.top_k for r in rows], dtype=torch.int64, device=device)
-            top_p = torch.tensor([r.params.top_p for r in rows], dtype=torch.float32, device=device)
+            top_k = _on([r.params.top_k for r in rows], torch.int64, device)
+            top_p = _on([r.params.top_p for r in rows], torch.float32, device)
             min_p = None
             if any(r.params.min_p > 0 for r in rows):
-                min_p = torch.tensor([r.params.min_p for r in rows], dtype=torch.float32, device=device)
+                min_p = _on([r.params.min_p for r in rows], torch.float32, device)
             scaled = restrict_support(scaled, top_k, top_p, min_p)
-        keys = torch.tensor([row_key(r, self.job_seed) for r in rows], dtype=torch.int64, device=device)
+        keys = _on([row_key(r, self.job_seed) for r in rows], torch.int64, device)
         gumbel = -torch.log(-torch.log(uniform_noise(keys, logits.shape[-1])))
         # argmax(logit / T + Gumbel) is a draw from softmax(logit / T) over the kept tokens
         return torch.argmax(scaled.double() + gumbel, dim=-1)
 
 
+def _on(values: Sequence[int | float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small host list as a tensor on `device`; on CUDA through pinned memory, non-blocking."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host
+
+
 def report_logprobs(
-    logits: torch.Tensor, rows: Sequence[SampleRow], token_ids: Sequence[int]
+    logits: torch.Tensor, rows: Sequence[SampleRow], token_ids: Sequence[int] | torch.Tensor
 ) -> list[TokenLogprob | None]:
     """For each row that asks for logprobs, its drawn token's logprob and top alternatives."""
     wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
     out: list[TokenLogprob | None] = [None] * len(rows)
     if wanted:
+        if isinstance(token_ids, torch.Tensor):
+            token_ids = token_ids.tolist()  # waits for the step: only rows that ask for logprobs
         found = token_logprobs(
             logits[wanted], [token_ids[i] for i in wanted], [rows[i].params.logprobs or 0 for i in wanted]
         )

@@ -159,25 +159,30 @@ class Scheduler:
                 shared.append(SharedSegment(group.position, group.prefix_len, tuple(group.prefix_blocks)))
             return row
 
-        # 1. decodes, round robin when they exceed the budget
+        # 1. decodes, round robin when they exceed the budget; a decode whose last token is still
+        # on the device (sampled by the step before, not yet applied) is fed from there
         taken = self._decoding[: self.token_budget]
         self._decoding = self._decoding[self.token_budget :] + taken
         for s in taken:
-            own_pos = s.own_prompt_len + s.num_output - 1
+            issued = s.num_output + s.pending  # output tokens drawn or being drawn
+            if issued >= s.request.sampling.max_tokens:
+                continue  # its last token is in flight
+            own_pos = s.own_prompt_len + issued - 1
             items.append(
                 StepItem(
                     kind="decode",
                     request=s.index,
                     group=s.group.position,
-                    token_ids=_one_token(s.output_ids[-1]),
+                    token_ids=_one_token(s.output_ids[-1] if s.pending == 0 else 0),
                     start_pos=s.shared_len + own_pos,
                     own_ctx_len=own_pos,
-                    own_block_table=tuple(s.own_blocks),
+                    own_block_table=s.block_table,
                     shared_id=shared_id(s.group),
                     samples=True,
+                    feed=s.sample_row if s.pending else -1,
                 )
             )
-        budget = self.token_budget - len(taken)
+        budget = self.token_budget - sum(it.q_len for it in items)
 
         # 2. own parts in flight, 3. admitted groups, 4. new groups
         for state in self._prefilling:
@@ -270,7 +275,7 @@ class Scheduler:
                 token_ids=state.request.prompt_ids[base + start : base + start + n],
                 start_pos=base + start,
                 own_ctx_len=start,
-                own_block_table=tuple(state.own_blocks),
+                own_block_table=state.block_table,
                 shared_id=shared_id(state.group),
                 samples=start + n == state.own_prompt_len,
             )
@@ -283,6 +288,12 @@ class Scheduler:
         singles = sorted((it for it in items if it.q_len == 1), key=lambda it: it.shared_id)
         rest = [it for it in items if it.q_len != 1]
         batch = StepBatch(step=self.step_count, items=tuple(singles + rest), shared=tuple(shared))
+        for row, i in enumerate(batch.sample_items):
+            state = self._running[batch.items[i].request]
+            state.pending += 1
+            state.sample_row = row
+            if state.status is Status.PREFILL and state.pending == 1 and state.num_output == 0:
+                self._decoding.append(state)  # decodes from the next step on
         self.step_count += 1
         return batch
 
@@ -303,9 +314,9 @@ class Scheduler:
             if state is None:
                 continue  # finished already (a step issued before its last token was seen)
             state.output_ids.append(token)
+            state.pending -= 1
             if state.status is Status.PREFILL:
                 state.status = Status.DECODE
-                self._decoding.append(state)
                 self._prompt_stored(state)
             reason = stop(state) if stop is not None else None
             if reason is None and state.num_output >= state.request.sampling.max_tokens:
@@ -314,7 +325,7 @@ class Scheduler:
                 self._finish(state, reason)
                 finished.append(state)
         if finished:
-            self._decoding = [s for s in self._decoding if s.status is Status.DECODE]
+            self._decoding = [s for s in self._decoding if s.status is not Status.FINISHED]
         return finished
 
     def _prompt_stored(self, state: RequestState) -> None:

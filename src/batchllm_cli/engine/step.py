@@ -23,6 +23,9 @@ class StepItem:
     own_block_table: tuple[int, ...]
     shared_id: int  # row of StepBatch.shared, -1 when the item attends to no shared prefix
     samples: bool  # the logits of its last token give the request's next token
+    # a decode whose input token the previous step sampled and the host has not seen yet: its row
+    # among that step's sampled tokens (the runner reads it on the device); -1: token_ids holds it
+    feed: int = -1
 
     @property
     def q_len(self) -> int:
