@@ -23,6 +23,10 @@ class _Progress:
         self.requests_done = self.prompt_tokens = self.prefill_tokens = self.output_tokens = 0
         self.elapsed_s = 0.0
 
+    @property
+    def prefix_tokens_saved(self) -> int:
+        return 0  # every prompt token is "prefilled"
+
     def set(self, done: int, tokens: int) -> "_Progress":
         self.requests_done = done
         self.prompt_tokens = self.prefill_tokens = self.output_tokens = tokens
