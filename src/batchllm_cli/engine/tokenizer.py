@@ -42,15 +42,15 @@ class Tokenizer:
 
         try:
             if gguf_file is None:
-                return cls(AutoTokenizer.from_pretrained(str(path), local_files_only=True))
+                return cls(AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False))
             gguf_path = Path(path) / gguf_file
             cached = cache_dir() / "tokenizers" / _gguf_key(gguf_path)
             if (cached / "tokenizer.json").is_file():
                 try:
-                    return cls(AutoTokenizer.from_pretrained(str(cached), local_files_only=True))
+                    return cls(AutoTokenizer.from_pretrained(str(cached), local_files_only=True, trust_remote_code=False))
                 except Exception:  # a damaged cache entry: convert again below
                     shutil.rmtree(cached, ignore_errors=True)
-            hf = AutoTokenizer.from_pretrained(str(path), gguf_file=gguf_file, local_files_only=True)
+            hf = AutoTokenizer.from_pretrained(str(path), gguf_file=gguf_file, local_files_only=True, trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot read the tokenizer of {path}: {exc}") from exc
         _save_atomically(hf, cached)

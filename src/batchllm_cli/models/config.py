@@ -3,27 +3,37 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from batchllm_cli.errors import ModelError
+
+if TYPE_CHECKING:  # torch is imported where a dtype is needed: `batchllm models` and `plan` start fast
+    import torch
 
 # model_type -> whether q/k/v projections carry a bias when the config does not say.
 SUPPORTED_MODEL_TYPES = {"llama": False, "mistral": False, "qwen2": True}
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = ("float32", "bfloat16", "float16")
+
+# Bounds of a config's counts: far above any released model (the largest: 256k-token vocabularies,
+# 16,384-wide hidden states, 126 layers, 10M-token contexts); past them the file is damaged, and
+# building the model would exhaust memory instead of saying so.
+_LIMITS = {
+    "vocab_size": 1 << 22, "hidden_size": 1 << 17, "intermediate_size": 1 << 20, "num_layers": 1 << 12,
+    "num_heads": 1 << 12, "num_kv_heads": 1 << 12, "head_dim": 1 << 12, "max_position": 1 << 30,
+}
 
 
 def to_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """A torch dtype from its name ("bfloat16") or itself."""
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
-    try:
-        return _DTYPES[dtype]
-    except KeyError:
-        raise ModelError(f"unsupported dtype {dtype!r}; use one of {', '.join(_DTYPES)}") from None
+    if dtype not in _DTYPES:
+        raise ModelError(f"unsupported dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+    return getattr(torch, dtype)
 
 
 def _eos_tuple(value: Any) -> tuple[int, ...]:
@@ -74,6 +84,14 @@ class ModelConfig:
     bos_token_id: int | None
 
     def __post_init__(self) -> None:
+        for name, high in _LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+                raise ModelError(f"the model config's {name} must be an integer from 1 to {high:,}, got {value!r}")
+        for name in ("rms_norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if not (isinstance(value, float) and 0.0 < value < float("inf")):
+                raise ModelError(f"the model config's {name} must be a positive number, got {value!r}")
         if self.num_heads % self.num_kv_heads:
             raise ModelError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
@@ -81,7 +99,15 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, hf_config: Any) -> "ModelConfig":
-        """Reads a transformers LlamaConfig / Qwen2Config / MistralConfig (or look-alike)."""
+        """Reads a transformers LlamaConfig / Qwen2Config / MistralConfig (or look-alike);
+        ModelError when a value is missing, of the wrong type or out of range."""
+        try:
+            return cls._from_hf(hf_config)
+        except (TypeError, ValueError, AttributeError, OverflowError, ZeroDivisionError) as exc:
+            raise ModelError(f"the model config is damaged ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_hf(cls, hf_config: Any) -> "ModelConfig":
         model_type = getattr(hf_config, "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ModelError(
@@ -130,7 +156,7 @@ class ModelConfig:
 
     def kv_bytes_per_token(self, dtype: str | torch.dtype) -> int:
         """Bytes of K and V cache one token takes over all layers."""
-        elem = torch.empty((), dtype=to_dtype(dtype)).element_size()
+        elem = to_dtype(dtype).itemsize
         return 2 * self.num_layers * self.kv_size * elem
 
     def num_params(self) -> int:

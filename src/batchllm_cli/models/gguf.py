@@ -104,7 +104,10 @@ def iter_gguf_tensors(path: Path, hf_config: Any) -> Iterator[tuple[str, np.ndar
     for tensor in reader.tensors:
         if tensor.name not in to_hf:
             raise ModelError(f"unexpected tensor {tensor.name!r} in {path.name}")
-        weights = dequantize(reader.tensor_data(tensor), GGMLQuantizationType(tensor.ggml_type))
+        try:
+            weights = dequantize(reader.tensor_data(tensor), GGMLQuantizationType(tensor.ggml_type))
+        except (ValueError, KeyError, IndexError) as exc:  # a table entry past the file's end, an unknown type
+            raise ModelError(f"cannot read tensor {tensor.name!r} of {path.name}: {exc}") from None
         result = processor.process(weights=weights, name=tensor.name)
         array = np.ascontiguousarray(result.weights, dtype=np.float32)
         # Unquantized tensors come back as read-only views of the memory map; torch wants writable.

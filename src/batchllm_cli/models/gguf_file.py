@@ -21,6 +21,7 @@ import numpy as np
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 8  # ggml tensors have at most 4 dimensions; more means a damaged table
 
 # GGUF metadata value types -> struct format of one item (strings and arrays handled apart)
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
@@ -78,6 +79,10 @@ class GGUFFile:
         version, tensor_count, kv_count = struct.unpack_from("<IQQ", self.buf, 4)
         if version not in SUPPORTED_VERSIONS:
             raise ValueError(f"GGUF version {version} is not supported (big-endian or too new)")
+        # every entry takes at least 12 bytes: a count the file cannot hold is damage, not a loop
+        for what, count in (("metadata entries", kv_count), ("tensors", tensor_count)):
+            if count > len(self.buf) // 12:
+                raise ValueError(f"the header claims {count:,} {what}, more than a {len(self.buf):,}-byte file holds")
         pos = 24
         self.fields: dict[str, Any] = {}
         for _ in range(kv_count):
@@ -89,6 +94,8 @@ class GGUFFile:
         for _ in range(tensor_count):
             name, pos = self._string(pos)
             (n_dims,) = struct.unpack_from("<I", self.buf, pos)
+            if n_dims > MAX_DIMS:
+                raise ValueError(f"tensor {name!r} claims {n_dims} dimensions")
             dims = struct.unpack_from(f"<{n_dims}Q", self.buf, pos + 4)
             ggml_type, rel = struct.unpack_from("<IQ", self.buf, pos + 4 + 8 * n_dims)
             pos += 4 + 8 * n_dims + 12
@@ -107,6 +114,8 @@ class GGUFFile:
     def _string(self, pos: int) -> tuple[str, int]:
         (n,) = struct.unpack_from("<Q", self.buf, pos)
         start = pos + 8
+        if n > len(self.buf) - start:
+            raise ValueError(f"a string of {n:,} bytes at offset {pos:,} runs past the end of the file")
         return bytes(self.buf[start:start + n]).decode("utf-8", errors="replace"), start + n
 
     def _value(self, value_type: int, pos: int) -> tuple[Any, int]:
@@ -120,11 +129,17 @@ class GGUFFile:
             start = pos + 12
             if item_type in _SCALARS:
                 end = start + count * struct.calcsize(_SCALARS[item_type])
+                if end > len(self.buf):
+                    raise ValueError(f"an array of {count:,} items at offset {pos:,} runs past the end of the file")
             elif item_type == _STRING:
+                if count > (len(self.buf) - start) // 8:
+                    raise ValueError(f"an array of {count:,} strings at offset {pos:,} runs past the end of the file")
                 end = start
                 for _ in range(count):
                     (n,) = struct.unpack_from("<Q", self.buf, end)
                     end += 8 + n
+                if end > len(self.buf):
+                    raise ValueError(f"an array of strings at offset {pos:,} runs past the end of the file")
             else:
                 raise ValueError(f"unsupported GGUF array item type {item_type}")
             return GGUFArray(item_type, count, start, self), end

@@ -1,11 +1,17 @@
 """Finding a model (preset, GGUF file, safetensors directory) and building it with its weights.
 
-Nothing here downloads: presets are local shapes, files are read where they lie.
+Nothing here downloads: presets are local shapes, files are read where they lie. Nothing here
+runs code from a model's files: a directory whose config or tokenizer names custom code
+(`auto_map`) is refused before transformers sees it, transformers loaders get
+trust_remote_code=False, and pickled weights (*.bin, *.pt, ...) are never loaded (a pickle can
+run code when read): only safetensors and GGUF files are.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +28,10 @@ from batchllm_cli.models.weights import WeightLoader
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 RANDOM_INIT_STD = 0.02  # the initializer_range of Llama/Qwen configs: activations stay finite
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+# files of a model directory that may name custom code (`auto_map` to a .py file beside them)
+CODE_NAMING_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,19 +63,58 @@ def embedded_gguf_path() -> Path:
 def _gguf_source(name: str, path: Path) -> ModelSource:
     from batchllm_cli.models.gguf import read_gguf_config
 
-    hf_config = read_gguf_config(path)
+    _refuse_custom_code(path.parent)  # transformers reads a tokenizer_config.json beside the file
+    try:
+        hf_config = read_gguf_config(path)
+    except (ValueError, TypeError, KeyError, struct.error) as exc:  # metadata of the wrong type or shape
+        raise ModelError(f"cannot read GGUF file {path}: {type(exc).__name__}: {exc}") from None
     return ModelSource(name, "gguf", path, hf_config, ModelConfig.from_hf(hf_config), path.parent, path.name)
+
+
+def _refuse_pickles(path: Path, what: str) -> None:
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES) if path.is_dir() else [path.name]
+    shown = ", ".join(pickles[:3]) + (" ..." if len(pickles) > 3 else "")
+    raise ModelError(
+        f"{path} {what} pickled weights ({shown}): batchllm never loads pickles (reading one can run "
+        "code); give a directory with *.safetensors weights or a .gguf file (transformers' "
+        "`save_pretrained(..., safe_serialization=True)` converts a checkpoint)"
+    )
+
+
+def _refuse_custom_code(path: Path) -> None:
+    """ModelError when a file of the directory names code to run (transformers' `auto_map`)."""
+    for name in CODE_NAMING_FILES:
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            doc = json.loads(file.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read {file}: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ModelError(f"{file} is not a JSON object")
+        if "auto_map" in doc:
+            raise ModelError(
+                f"{file} names custom code to run (auto_map: {json.dumps(doc['auto_map'])[:120]}): batchllm "
+                "never runs code from model files; use a standard Llama, Mistral or Qwen2 checkpoint"
+            )
 
 
 def _safetensors_source(path: Path) -> ModelSource:
     from transformers import AutoConfig
 
+    _refuse_custom_code(path)
     if not any(path.glob("*.safetensors")):
+        if any(p.suffix in PICKLE_SUFFIXES for p in path.iterdir()):
+            _refuse_pickles(path, "has a config.json but only")
         raise ModelError(f"{path} has a config.json but no *.safetensors weights")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(f"{path} has no tokenizer (one of {', '.join(TOKENIZER_FILES)}): batchllm reads no "
+                         "other tokenizer files (pickled ones can run code)")
     try:
         hf_config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"cannot read {path / 'config.json'}: {exc}") from exc
+    except Exception as exc:  # transformers raises many kinds on a damaged config
+        raise ModelError(f"cannot read {path / 'config.json'}: {type(exc).__name__}: {exc}") from None
     return ModelSource(str(path), "safetensors", path, hf_config, ModelConfig.from_hf(hf_config), path, None)
 
 
@@ -87,6 +136,10 @@ def resolve_model(spec: str | None, seed: int = 0) -> ModelSource:
         return _gguf_source(str(path), path)
     if path.is_dir() and (path / "config.json").is_file():
         return _safetensors_source(path)
+    if path.is_file() and path.suffix in PICKLE_SUFFIXES:
+        _refuse_pickles(path, "holds")
+    if path.is_dir() and any(p.suffix in PICKLE_SUFFIXES for p in path.iterdir()):
+        _refuse_pickles(path, "holds no config.json and")
     raise ModelError(
         f"no model {spec!r}: give a preset ({', '.join(load_presets())}), a .gguf file, "
         "or a directory with config.json and *.safetensors"
