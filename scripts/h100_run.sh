@@ -1,36 +1,69 @@
 #!/usr/bin/env bash
-# One GPU session (the H100 device machine): offline install, the GPU tests and the full kernel
-# grid, then the decode-step and end-to-end benchmarks. Logs and JSON go to $OUT.
-#   OUT=results bash scripts/h100_run.sh [tests,attention,decode,e2e]   (default: tests,decode,e2e;
-#   one device call is <= 10 min, so split them over calls)
+# One GPU session (the device machine, H100 or H200): offline install, then the steps named in
+# $1 (comma list, default tests,bench,paper), all inside one ~9-minute call:
+#   tests      the GPU tests and the full kernel grid                         -> tests.log
+#   bench      `batchllm bench` of the PEERS.md workloads (peers-1b, industry, long prefix,
+#              no sharing; Llama-3.2-1B shape, 256 requests each) against vllm-like and
+#              sglang-like, $REPEATS interleaved runs                          -> peers.json, peers.png
+#   paper      `batchllm bench --suite paper --scale $PAPER_SCALE` in the paper's KV regime
+#              (gets whatever time is left; finished cases are kept)            -> paper.json, paper.png
+#   attention, decode, e2e   the kernel and decode-step benchmarks, bench_e2e.py (older scripts)
+# Everything goes to $OUT (default results/), flat, at most 8 files: gpu.txt, tests.log,
+# bench.log and the JSON/PNG pairs. The whole call stops itself after $LIMIT_S seconds (default
+# 530): each step gets the time left, and is stopped with SIGINT (bench then keeps what it
+# finished; its plot is drawn from the saved JSON).
+#   OUT=results bash scripts/h100_run.sh                       # tests, PEERS.md bench, a small paper suite
+#   PAPER_SCALE=0.05 bash scripts/h100_run.sh paper            # the paper suite alone, 5% of its requests
 set -u -o pipefail
 OUT=${OUT:-results}
-WHAT=${1:-tests,decode,e2e}
+WHAT=${1:-tests,bench,paper}
+LIMIT_S=${LIMIT_S:-530}
+REPEATS=${REPEATS:-3}
+PAPER_SCALE=${PAPER_SCALE:-0.02}
+END=$((SECONDS + LIMIT_S))
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 BATCHLLM_CACHE_DIR=/tmp/batchllm-cache
-# wheels the machine lacks (orjson, gguf, typer, shellingham for its Python), carried in .whl/
+left() { local s=$((END - SECONDS)); [[ $s -lt ${1:-100000} ]] && echo $s || echo "${1}"; }
+# runs "$@" for at most $1 seconds (and never past the call's end), SIGINT first, then KILL
+limited() { local cap; cap=$(left "$1"); shift; if ((cap < 10)); then echo "skipped (no time left): $*"; return 1; fi
+  timeout -s INT -k 15 "$cap" "$@"; }
+# wheels the machine lacks (orjson, gguf, typer, shellingham, matplotlib ...), carried in .whl/
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site
-if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1; then
-  echo "editable install failed (see install.log): using the tree in place"
+if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/tmp/install.log 2>&1; then
+  echo "editable install failed (see gpu.txt): using the tree in place"
+  cat /tmp/install.log >>"$OUT/gpu.txt"
   ln -sfn ../../configs src/batchllm_cli/configs
   export PYTHONPATH=/tmp/site:$PWD/src:$PWD/kernels
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+BENCH=(python3 -m batchllm_cli bench)
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/gpu.txt"
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 status=0
 if [[ $WHAT == *tests* ]]; then
   # TESTS: pytest targets (default: every kernel test, the model and engine parity tests)
-  timeout 300 python3 -m pytest -q -s -p no:cacheprovider ${TESTS:-tests/kernels tests/unit/test_model_hf_parity.py \
-    tests/e2e/test_gpu_parity.py} 2>&1 | tail -60 | tee "$OUT/gpu_tests.log" || status=1
+  limited 240 python3 -m pytest -q -s -p no:cacheprovider ${TESTS:-tests/kernels tests/unit/test_model_hf_parity.py \
+    tests/e2e/test_gpu_parity.py} 2>&1 | tail -60 | tee "$OUT/tests.log" || status=1
+fi
+if [[ $WHAT == *bench* ]]; then
+  echo "== bench: PEERS.md workloads" | tee -a "$OUT/bench.log"
+  limited 260 "${BENCH[@]}" peers-1b industry long-prefix-16000-d16 no-sharing --model llama-3.2-1b --requests 256 \
+    --peers vllm-like,sglang-like --repeats "$REPEATS" --out "$OUT/peers.json" 2>&1 | tee -a "$OUT/bench.log" || status=1
+  [[ -f $OUT/peers.json && ! -f $OUT/peers.png ]] && "${BENCH[@]}" --replot "$OUT/peers.json" 2>&1 | tee -a "$OUT/bench.log"
+fi
+if [[ $WHAT == *paper* ]]; then
+  echo "== bench: --suite paper --scale $PAPER_SCALE" | tee -a "$OUT/bench.log"
+  limited 100000 "${BENCH[@]}" --suite paper --scale "$PAPER_SCALE" --repeats "$REPEATS" --out "$OUT/paper.json" \
+    2>&1 | tee -a "$OUT/bench.log" || status=1
+  [[ -f $OUT/paper.json && ! -f $OUT/paper.png ]] && "${BENCH[@]}" --replot "$OUT/paper.json" 2>&1 | tee -a "$OUT/bench.log"
 fi
 if [[ $WHAT == *attention* ]]; then
-  timeout 300 python3 benchmarks/bench_attention.py --out "$OUT/attention" 2>&1 | grep -v -i warn | tail -40 | tee "$OUT/attention.log" || status=1
+  limited 300 python3 benchmarks/bench_attention.py --out "$OUT/attention" 2>&1 | grep -v -i warn | tail -40 | tee "$OUT/attention.log" || status=1
 fi
 if [[ $WHAT == *decode* ]]; then
-  timeout 240 python3 benchmarks/bench_decode_step.py --out "$OUT/decode_step.json" 2>&1 | tail -20 | tee "$OUT/decode_step.log" || status=1
+  limited 240 python3 benchmarks/bench_decode_step.py --out "$OUT/decode_step.json" 2>&1 | tail -20 | tee "$OUT/decode_step.log" || status=1
 fi
 if [[ $WHAT == *e2e* ]]; then
-  timeout 420 python3 benchmarks/bench_e2e.py --workloads peers-1b --out "$OUT/e2e.json" 2>&1 | tail -30 | tee "$OUT/e2e.log" || status=1
+  limited 420 python3 benchmarks/bench_e2e.py --workloads peers-1b --out "$OUT/e2e.json" 2>&1 | tail -30 | tee "$OUT/e2e.log" || status=1
 fi
 exit $status

@@ -1,47 +1,74 @@
-"""Runs a workload through our engine (prefix sharing on, and off) and through the peers.
+"""Runs a workload through our engine's settings (BatchLLM with sharing on and off, the peers'
+scheduling) and through the HF peer: warmed up, repeated, interleaved.
 
-Every system sees the same token-id prompts in the same shuffled order, with greedy decoding
-and EOS ignored, so that each request produces exactly `output_len` tokens. Each engine setting
-is warmed up first on a small slice of the workload (Triton compiles, CUDA graphs, allocator),
-outside the timing; the timed run includes planning, as a user's run does.
+Every system sees the same token-id prompts in the same shuffled order, greedy, EOS ignored, so
+that each request produces exactly `output_len` tokens. The engine systems share one model
+runner (LLM.with_scheduling): one KV pool of one size, and every CUDA graph captured once.
+Before any timing each system runs the whole workload once, untimed: every Triton kernel variant
+it will launch is compiled and every decode graph it will replay is captured, at the run's own
+batch sizes. Then the timed runs go round the systems, A B C A B C ..., so that a drift of the
+machine (clocks, other tenants) touches every system alike. A timed run includes planning, as a
+user's run does. The HF peer builds its own model and runs after the engine systems, its runs
+back to back (see hf_peer.py).
 """
 
 from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from batchllm_cli.bench.model import BenchModel
 from batchllm_cli.bench.report import RunResult
-from batchllm_cli.bench.workloads import Workload, generate
+from batchllm_cli.bench.roofline import DeviceRates, ModelCost, StepCounter, WorkCount
+from batchllm_cli.bench.workloads import Workload
 from batchllm_cli.types import SamplingParams
 
 SYSTEM_SHARING = "batchllm"
 SYSTEM_NO_SHARING = "batchllm-no-sharing"
 SYSTEM_HF = "hf-generate-batch"
 POLICY_SYSTEMS = ("vllm-like", "sglang-like")  # the peers' scheduling on our engine (engine/caching.py)
-WARMUP_GROUPS = 2  # groups of the workload in the warm-up run
-WARMUP_OUTPUT = 8  # output tokens per warm-up request: enough decode steps to reach steady state
+# The engine settings of each system on the shared runner (the peers ignore the plan's groups,
+# so they plan without sharing: it costs nothing).
+ENGINE_SYSTEMS: dict[str, dict[str, Any]] = {
+    SYSTEM_SHARING: {"policy": "batchllm", "prefix_sharing": True},
+    SYSTEM_NO_SHARING: {"policy": "batchllm", "prefix_sharing": False},
+    "vllm-like": {"policy": "vllm-like", "prefix_sharing": False},
+    "sglang-like": {"policy": "sglang-like", "prefix_sharing": False},
+}
+ALL_SYSTEMS = (*ENGINE_SYSTEMS, SYSTEM_HF)
 
-# (system, event, payload): "start"/"warmup"/"progress"/"done" events for a CLI to draw
+# (system, event, payload) for a CLI to draw: "count" (None), then ("", "counted", {system:
+# WorkCount}), "warmup" (None), "start" ((repeat, num_requests)), "progress" (EngineProgress),
+# "done" (RunResult), "profile" (None)
 EventFn = Callable[[str, str, Any], None]
 
 
 @dataclass(frozen=True)
-class _Tally:
-    """The last progress report of a run, and the most KV blocks seen in use."""
+class BenchOptions:
+    """How a workload is run: repeats, warm-up, the work count for the roofline, profiling."""
 
-    steps: int = 0
-    prefill_tokens: int = 0
-    peak_kv_blocks: int | None = None
+    repeats: int = 3
+    warmup: bool = True
+    rates: DeviceRates | None = None  # None: no roofline fraction
+    count_work: bool = True  # simulate each system's steps for the roofline and the cross-checks
+    profile: bool = False  # one extra run per engine system under the torch profiler
+    hf_options: dict[str, Any] | None = None
 
 
-def warmup_workload(workload: Workload) -> Workload:
-    """The first groups of `workload` with short outputs: same shapes, a fraction of the cost."""
-    spec = workload.spec
-    return generate(replace(spec, num_groups=min(WARMUP_GROUPS, spec.num_groups), output_len=min(WARMUP_OUTPUT, spec.output_len)))
+@dataclass
+class WorkloadRuns:
+    """Every timed run of a workload, and per system its work count and profile."""
+
+    runs: list[RunResult] = field(default_factory=list)
+    work: dict[str, WorkCount] = field(default_factory=dict)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def timing_order(systems: Sequence[str], repeats: int) -> list[tuple[str, int]]:
+    """(system, repeat) in the order the timed runs go: round by round, each system once a round."""
+    return [(s, rep) for rep in range(repeats) for s in systems]
 
 
 def sampling_for(workload: Workload) -> SamplingParams:
@@ -49,52 +76,112 @@ def sampling_for(workload: Workload) -> SamplingParams:
     return SamplingParams(max_tokens=workload.spec.output_len, temperature=0.0, ignore_eos=True)
 
 
-def run_engine(
+def run_workload(
     bench: BenchModel,
     workload: Workload,
-    *,
-    prefix_sharing: bool,
-    warmup: bool = True,
+    systems: Sequence[str],
+    options: BenchOptions = BenchOptions(),
     on_event: EventFn | None = None,
-    policy: str = "batchllm",
-    **overrides: Any,
-) -> RunResult:
-    """One timed run of our engine on `workload` (with BatchLLM's plan, or a peer's `policy`);
-    the KV pool is freed before returning."""
+) -> WorkloadRuns:
+    """Warm-up, then `options.repeats` interleaved timed runs of every system in `systems`."""
+    unknown = [s for s in systems if s not in ALL_SYSTEMS]
+    if unknown:
+        raise ValueError(f"unknown system(s) {unknown}")
+    emit = on_event or (lambda *_: None)
+    out = WorkloadRuns()
+    engine_systems = [s for s in systems if s in ENGINE_SYSTEMS]
+    if engine_systems:
+        _run_engine_systems(bench, workload, engine_systems, options, emit, out)
+    if SYSTEM_HF in systems:
+        from batchllm_cli.bench.hf_peer import run_hf_peer
+
+        for rep in range(options.repeats):
+            emit(SYSTEM_HF, "start", (rep, workload.num_requests))
+            r = run_hf_peer(bench.source.hf_config, workload, bench.config.dtype, bench.config.device,
+                            warmup=options.warmup, cb_options=options.hf_options)  # fmt: skip
+            out.runs.append(_replace(r, repeat=rep, order=len(out.runs)))
+            release_memory()
+            emit(SYSTEM_HF, "done", out.runs[-1])
+    return out
+
+
+def _run_engine_systems(
+    bench: BenchModel, workload: Workload, systems: list[str], options: BenchOptions, emit: EventFn, out: WorkloadRuns
+) -> None:
     from batchllm_cli.engine.llm import LLM
 
-    if policy != "batchllm":
-        system = policy
-        overrides["policy"] = policy
-    else:
-        system = SYSTEM_SHARING if prefix_sharing else SYSTEM_NO_SHARING
-    emit = on_event or (lambda *_: None)
-    llm = LLM.from_loaded(bench.source, bench.model, config=bench.config, prefix_sharing=prefix_sharing, **overrides)
+    llm = LLM.from_loaded(bench.source, bench.model, config=bench.config)
     try:
-        if warmup:
-            emit(system, "warmup", None)
-            _execute(llm, warmup_workload(workload), None)
-        emit(system, "start", workload.num_requests)
-        return _execute(llm, workload, lambda p: emit(system, "progress", p), system=system)
+        views = {s: llm.with_scheduling(**ENGINE_SYSTEMS[s]) for s in systems}
+        requests = llm.make_requests(list(workload.prompts), sampling_for(workload))
+        if options.count_work:
+            cost = ModelCost.of(llm.model_config, llm.config.dtype)
+            for s in systems:
+                emit(s, "count", None)
+                out.work[s] = count_work(views[s], requests, cost)
+            emit("", "counted", dict(out.work))
+        if options.warmup:
+            for s in systems:
+                emit(s, "warmup", None)
+                _execute(views[s], workload, requests, s, None)
+        for s, rep in timing_order(systems, options.repeats):
+            emit(s, "start", (rep, workload.num_requests))
+            r = _execute(views[s], workload, requests, s, lambda p, s=s: emit(s, "progress", p))
+            r = _replace(r, repeat=rep, order=len(out.runs), **_checks(r, out.work.get(s), options.rates))
+            out.runs.append(r)
+            emit(s, "done", r)
+        if options.profile:
+            from batchllm_cli.bench.profile import profile_run
+
+            for s in systems:
+                emit(s, "profile", None)
+                out.profiles[s] = profile_run(lambda s=s: _execute(views[s], workload, requests, s, None), llm.config.device)
     finally:
         del llm
         release_memory()
 
 
-def _execute(llm: Any, workload: Workload, on_progress: Callable[[Any], None] | None, system: str = "") -> RunResult:
-    requests = llm.make_requests(list(workload.prompts), sampling_for(workload))
-    tally = _Tally()
+def count_work(llm: Any, requests: Sequence[Any], cost: ModelCost) -> WorkCount:
+    """The steps `llm`'s settings take on `requests` (a dry run of its scheduler, no model), with
+    the FLOPs and bytes the roofline counts."""
+    from batchllm_cli.engine.simulate import simulate
+
+    plan = llm.plan(requests)
+    counter = StepCounter(cost, llm.config.block_size)
+    sim = simulate(
+        requests, plan.groups, num_blocks=llm.num_kv_blocks, block_size=llm.config.block_size,
+        token_budget=llm.config.token_budget, memory_bound=llm.config.memory_bound,
+        policy=llm.config.policy, on_step=counter,
+    )  # fmt: skip
+    return counter.result(sim.peak_blocks)
+
+
+def _checks(r: RunResult, work: WorkCount | None, rates: DeviceRates | None) -> dict[str, Any]:
+    """The roofline time of a run, and a note when the run did not take the counted steps."""
+    if work is None:
+        return {}
+    fields: dict[str, Any] = {}
+    if rates is not None:
+        fields["roofline_s"] = work.ideal_s(rates)
+    if r.steps is not None and r.steps != work.steps:
+        fields["notes"] = (*r.notes, f"took {r.steps} steps; the dry run of its scheduler counted {work.steps}")
+    return fields
+
+
+def _execute(llm: Any, workload: Workload, requests: Sequence[Any], system: str, on_progress: Callable[[Any], None] | None) -> RunResult:
+    """One run of `requests` on `llm` (its scheduling settings), planning included in the time."""
+    peak = 0
+    last: Any = None
 
     def progress(p: Any) -> None:
-        nonlocal tally
-        used = getattr(p, "kv_blocks_used", None)
-        peak = tally.peak_kv_blocks
-        if used is not None:
-            peak = used if peak is None else max(peak, used)
-        tally = _Tally(p.steps, p.prefill_tokens, peak)
+        nonlocal peak, last
+        peak = max(peak, getattr(p, "kv_blocks_used", 0))
+        last = p
         if on_progress is not None:
             on_progress(p)
 
+    captures_before = graph_captures(llm)
+    _sync(llm)
     start = time.perf_counter()
     plan = llm.plan(requests)
     plan_s = time.perf_counter() - start
@@ -102,21 +189,45 @@ def _execute(llm: Any, workload: Workload, on_progress: Callable[[Any], None] | 
     for c in llm.stream(requests, plan, on_progress=progress):
         output_tokens += c.completion_tokens
         short += c.completion_tokens < workload.spec.output_len
+    _sync(llm)
     elapsed = time.perf_counter() - start
+    captures_after = graph_captures(llm)
     return RunResult(
         system=system,
         num_requests=len(requests),
         output_tokens=output_tokens,
         elapsed_s=elapsed,
         logical_prefill_tokens=workload.logical_prefill_tokens,
-        prefill_tokens=tally.prefill_tokens,
+        prefill_tokens=None if last is None else last.prefill_tokens,
         plan_s=plan_s,
-        steps=tally.steps,
+        steps=None if last is None else last.steps,
         kv_pool_blocks=int(llm.num_kv_blocks),
-        peak_kv_blocks=tally.peak_kv_blocks,
+        peak_kv_blocks=peak,
         est_peak_kv_blocks=plan.stats.est_peak_kv_blocks,
         short_outputs=short,
+        model_tokens=getattr(last, "model_tokens", None),  # EngineProgress fields of issue 13
+        token_budget=llm.config.token_budget,
+        graph_captures=None if captures_before is None else captures_after - captures_before,
     )
+
+
+def graph_captures(llm: Any) -> int | None:
+    """CUDA graphs the LLM's runner has captured so far; None when it uses none."""
+    graphs = getattr(getattr(llm, "runner", None), "graphs", None)
+    return None if graphs is None else int(graphs.captures)
+
+
+def _sync(llm: Any) -> None:
+    if llm.config.is_cuda:
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _replace(r: RunResult, **changes: Any) -> RunResult:
+    from dataclasses import replace
+
+    return replace(r, **changes)
 
 
 def release_memory() -> None:
@@ -140,29 +251,6 @@ def run_systems(
     on_event: EventFn | None = None,
     hf_options: dict[str, Any] | None = None,
 ) -> list[RunResult]:
-    """Runs each of `systems` in order. The HF peer builds its own model from the same config;
-    ours stays loaded beside it but holds no KV pool by then (each engine run frees its own)."""
-    results = []
-    for system in systems:
-        if system == SYSTEM_SHARING:
-            results.append(run_engine(bench, workload, prefix_sharing=True, warmup=warmup, on_event=on_event))
-        elif system == SYSTEM_NO_SHARING:
-            results.append(run_engine(bench, workload, prefix_sharing=False, warmup=warmup, on_event=on_event))
-        elif system in POLICY_SYSTEMS:
-            results.append(run_engine(bench, workload, prefix_sharing=False, warmup=warmup, on_event=on_event,
-                                      policy=system))
-        elif system == SYSTEM_HF:
-            from batchllm_cli.bench.hf_peer import run_hf_peer
-
-            if on_event:
-                on_event(system, "start", workload.num_requests)
-            results.append(
-                run_hf_peer(bench.source.hf_config, workload, bench.config.dtype, bench.config.device,
-                            warmup=warmup, cb_options=hf_options)  # fmt: skip
-            )
-            release_memory()
-        else:
-            raise ValueError(f"unknown system {system!r}")
-        if on_event:
-            on_event(system, "done", results[-1])
-    return results
+    """One timed run of each system (benchmarks/bench_e2e.py's interface)."""
+    options = BenchOptions(repeats=1, warmup=warmup, count_work=False, hf_options=hf_options)
+    return run_workload(bench, workload, systems, options, on_event).runs

@@ -24,6 +24,9 @@ import numpy as np
 from batchllm_cli.errors import ConfigError
 
 
+MAX_REQUESTS = 10_000_000  # the generated prompts live in memory: beyond this, a typo, not a benchmark
+
+
 @dataclass(frozen=True)
 class IntRange:
     """A fixed length (lo == hi) or a uniform draw from lo..hi inclusive."""
@@ -73,7 +76,9 @@ class WorkloadSpec:
     def __post_init__(self) -> None:
         where = f"workload {self.name!r}"
         if self.num_groups < 1:
-            raise ConfigError(f"{where}: num_groups must be at least 1")
+            raise ConfigError(f"{where}: num_groups must be at least 1, got {self.num_groups}")
+        if self.num_groups * self.degree.hi > MAX_REQUESTS:
+            raise ConfigError(f"{where}: at most {MAX_REQUESTS:,} requests (num_groups x degree), got {self.num_groups * self.degree.hi:,}")
         if self.degree.lo < 1:
             raise ConfigError(f"{where}: degree must be at least 1")
         if self.prefix_len.lo < 0 or self.instruction_len < 0 or self.output_len < 1:
@@ -94,6 +99,19 @@ class WorkloadSpec:
     @property
     def expected_requests(self) -> float:
         return self.num_groups * self.degree.mean
+
+    @property
+    def max_prompt_len(self) -> int:
+        return self.instruction_len + self.prefix_len.hi + self.distinct_len.hi
+
+    def check_context(self, context: int, model: str) -> None:
+        """ConfigError when the longest prompt plus output_len does not fit the model's context."""
+        need = self.max_prompt_len + self.output_len
+        if need > context:
+            raise ConfigError(
+                f"workload {self.name!r}: prompts of up to {self.max_prompt_len:,} tokens + output_len "
+                f"{self.output_len:,} = {need:,} exceed {model}'s context of {context:,} tokens"
+            )
 
     def scaled(self, num_requests: int) -> WorkloadSpec:
         """The same workload with about `num_requests` requests (fewer or more groups)."""
@@ -198,19 +216,27 @@ def parse_spec(text: str, name: str, where: str) -> WorkloadSpec:
             name=name,
             description=str(t.get("description", "")),
             paper=str(t.get("paper", "")),
-            num_groups=int(t["num_groups"]),
+            num_groups=_int(t, "num_groups", where),
             degree=IntRange.parse(t.get("degree", 1), "degree", where),
             prefix_len=IntRange.parse(t.get("prefix_len", 0), "prefix_len", where),
             distinct_len=IntRange.parse(t["distinct_len"], "distinct_len", where),
-            output_len=int(t["output_len"]),
-            instruction_len=int(t.get("instruction_len", 0)),
-            seed=int(t.get("seed", 0)),
-            vocab=(int(vocab[0]), int(vocab[1])),
+            output_len=_int(t, "output_len", where),
+            instruction_len=_int(t, "instruction_len", where, 0),
+            seed=_int(t, "seed", where, 0),
+            vocab=(_int({"vocab": vocab[0]}, "vocab", where), _int({"vocab": vocab[1]}, "vocab", where)),
         )
     except KeyError as exc:
         raise ConfigError(f"{where}: missing field {exc.args[0]}") from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _int(t: dict, key: str, where: str, default: int | None = None) -> int:
+    """t[key] as an int (KeyError when missing and no default); ConfigError for another type."""
+    value = t[key] if default is None else t.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+    return value
 
 
 def generate(spec: WorkloadSpec) -> Workload:

@@ -1,85 +1,398 @@
-"""`batchllm bench`: run a synthetic workload of the paper through our engine and the peers."""
+"""`batchllm bench`: synthetic workloads of the paper through our engine and the peers, warmed up,
+repeated and interleaved; one JSON document (every run) and a PNG plot beside it."""
 
 from __future__ import annotations
 
+import json
+import sys
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from batchllm_cli.errors import ConfigError
+from batchllm_cli.cli.errors import EXIT_SIGINT, error_line, handled
+from batchllm_cli.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
-    from batchllm_cli.bench.model import BenchModel
+    from batchllm_cli.bench.kv_pool import KvPool
     from batchllm_cli.bench.report import BenchReport
-    from batchllm_cli.bench.workloads import Saving, Workload, WorkloadSpec
+    from batchllm_cli.bench.suite import Case
 
 PEERS = ("hf", "vllm-like", "sglang-like")
 
+BENCH_EPILOG = """\
+Examples:
+
+  batchllm bench                                                     # list the workloads and suites
+
+  batchllm bench shared-2000-200-d16 --model tiny-llama --device cpu --requests 64 --repeats 2 --peers vllm-like
+
+  batchllm bench peers-1b industry --model llama-3.2-1b --peers vllm-like,sglang-like --scale 0.25
+
+  batchllm bench --suite paper --scale 0.05 --out results/paper.json   # the paper's cases, 5% of the requests
+
+  batchllm bench long-prefix-16000-d16 -m llama-3.1-8b --kv-pool-like llama-3.1-8b@a100-80gb --profile
+
+  batchllm bench --readme-table results/paper.json                   # README table rows from a saved report
+
+Each system runs the whole workload once untimed (compiles, CUDA graphs), then --repeats timed
+runs, interleaved (A B C A B C ...); the table shows the median [min-max]. The JSON keeps every
+run; the PNG plot is written beside it when matplotlib is installed (batchllm-cli[plot]).
+Exit codes: 0 done, 2 bad option or unreadable report, 3 output unwritable, 4 model error,
+5 bad workload or setting, 7 KV pool too small, 130 interrupted (finished workloads are saved).
+"""
+
+
+@dataclass(frozen=True)
+class _Args:
+    """The command's options, as typed (bench's parameters, one to one)."""
+
+    workloads: list[str] | None
+    suite: str | None
+    model: str | None
+    device: str | None
+    requests: int | None
+    scale: float | None
+    peers: list[str] | None
+    no_sharing_too: bool
+    repeats: int
+    warmup: bool
+    kv_tokens: int | None
+    kv_pool_like: str | None
+    kv_blocks: int | None
+    token_budget: int | None
+    threads: int | None
+    profile: bool
+    out: Path | None
+    readme_table: Path | None
+    replot: Path | None
+    dry_run: bool
+
+
+@dataclass
+class _Saved:
+    """Where the finished workloads' report went, for the message of an interrupted bench."""
+
+    path: Path | None = None
+    count: int = 0
+    running: str = ""
+
 
 def bench(
-    workload: Annotated[
-        Optional[str],
-        typer.Argument(help="A workload of configs/workloads (e.g. peers-1b) or a .toml file; none: list them."),
+    workloads: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="Workloads of configs/workloads (e.g. peers-1b) or .toml files; none (and no --suite): list them.", show_default=False, metavar="[WORKLOAD]..."),
     ] = None,
+    suite: Annotated[Optional[str], typer.Option(help="A suite of cases (configs/workloads/suites): paper.", show_default=False)] = None,
     model: Annotated[
         Optional[str],
-        typer.Option("--model", "-m", help="Preset (llama-3.2-1b, tiny-llama, ...), .gguf file or model directory. Default: the embedded SmolLM2."),
+        typer.Option("--model", "-m", help="Preset (llama-3.2-1b, tiny-llama, ...), .gguf file or model directory. Default: the embedded SmolLM2; with --suite, each case's model.", show_default=False),
     ] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda[:N]; default: cuda when present.")] = None,
-    requests: Annotated[
-        Optional[int], typer.Option("--requests", "-n", min=1, help="Scale the workload to about N requests.")
-    ] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda[:N]; default: cuda when present.", show_default=False)] = None,
+    requests: Annotated[Optional[int], typer.Option("--requests", min=1, help="Scale each workload to about N requests (whole groups).", show_default=False)] = None,
+    scale: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Scale each workload's requests by F (0 < F <= 1), e.g. 0.05 for a quick --suite paper.", show_default=False)] = None,
     peers: Annotated[
-        Optional[list[str]], typer.Option("--peers", help="Peers to run beside ours: hf (transformers generate_batch); vllm-like, sglang-like (their scheduling and LRU prefix cache on our engine).")
+        Optional[list[str]],
+        typer.Option("--peers", help="Comma list of peers run beside ours: vllm-like, sglang-like (their scheduling and LRU prefix cache on our engine), hf (transformers generate_batch).", show_default=False),
     ] = None,
-    no_sharing_too: Annotated[
-        bool, typer.Option("--no-sharing-too", help="Also run our engine with prefix sharing off.")
-    ] = False,
-    out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", help="JSON results file. Default: results/bench-WORKLOAD.json.")
-    ] = None,
-    warmup: Annotated[bool, typer.Option(help="Warm each system up on a slice of the workload first (untimed).")] = True,
-    kv_blocks: Annotated[
-        Optional[int], typer.Option("--kv-blocks", min=1, help="KV pool size in blocks (default: from the engine config).")
-    ] = None,
-    threads: Annotated[
-        Optional[int], typer.Option(min=1, help="torch CPU threads (on a busy CPU, 1 can be much faster).")
-    ] = None,
+    no_sharing_too: Annotated[bool, typer.Option("--no-sharing-too", help="Also run our engine with prefix sharing off.")] = False,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs of each system, interleaved across systems.")] = 3,
+    warmup: Annotated[bool, typer.Option("--warmup/--no-warmup", help="Run the whole workload once per system, untimed, before timing.")] = True,
+    kv_tokens: Annotated[Optional[int], typer.Option(min=1, help="A KV pool of N tokens (stated in the report).", show_default=False)] = None,
+    kv_pool_like: Annotated[Optional[str], typer.Option(help="A KV pool of the size MODEL gets on GPU (configs/gpus.toml), e.g. llama-3.1-8b@a100-80gb: the paper's memory regime.", show_default=False)] = None,
+    kv_blocks: Annotated[Optional[int], typer.Option(min=1, help="KV pool size in blocks (default: the engine config's).", show_default=False)] = None,
+    token_budget: Annotated[Optional[int], typer.Option(min=1, help="Tokens per engine step (default: configs/engine/default.toml).", show_default=False)] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads (on a busy CPU, 1 can be much faster).", show_default=False)] = None,
+    profile: Annotated[bool, typer.Option("--profile", help="One more run per system under the torch profiler (CUDA activity): GPU kernel time / wall, top kernels.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSON report (the PNG plot goes beside it). Default: results/bench-NAME.json.", show_default=False)] = None,
+    readme_table: Annotated[Optional[Path], typer.Option(help="Print the README performance-table rows of a saved report and exit.", show_default=False)] = None,
+    replot: Annotated[Optional[Path], typer.Option(help="Draw the PNG plot of a saved report (beside it, or at --out) and exit.", show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cases, systems and runs that would run, and exit.")] = False,
 ) -> None:
-    """Benchmark a workload: requests/s, output tokens/s and prefill tokens saved, per system."""
-    from batchllm_cli.bench.workloads import analytic_saving, generate, load_spec, workload_names
+    """Benchmark workloads: requests/s, output tokens/s, prefill computed, peak KV, steps, step fill
+    and the fraction of the roofline, per system; median [min-max] of repeated, interleaved runs."""
+    args = _Args(**{k: v for k, v in locals().items()})
+    saved = _Saved()
+    with handled():
+        try:
+            _bench(args, saved)
+        except KeyboardInterrupt:
+            where = f"; {saved.count} finished workload(s) are in {saved.path}" if saved.path else "; nothing was written"
+            during = f" during {saved.running}" if saved.running else ""
+            error_line(f"bench interrupted{during}{where}")
+            raise typer.Exit(EXIT_SIGINT) from None
 
-    console = Console()
-    if workload is None:
-        _list_workloads(console, workload_names(), load_spec)
+
+def _bench(o: _Args, saved: _Saved) -> None:
+    out_console = Console(highlight=False)
+    if not out_console.is_terminal:  # a log file: the whole table, not cut at 80 columns
+        out_console = Console(highlight=False, width=160)
+    err = Console(stderr=True, highlight=False)
+    if o.readme_table is not None:
+        from batchllm_cli.bench.readme_table import readme_rows
+
+        for row in readme_rows(_load_document(o.readme_table), str(o.readme_table)):
+            typer.echo(row)
         return
-    peer_names = _parse_peers(peers or [])
-    spec = load_spec(workload)
-    if requests is not None:
-        spec = spec.scaled(requests)
-    with _torch_threads(threads):
-        with console.status(f"generating {spec.name} and loading {model or 'the embedded model'}"):
-            work = generate(spec)
-            from batchllm_cli.bench.model import load_bench_model
+    if o.replot is not None:
+        from batchllm_cli.bench.plot import write_plot
 
-            bench_model = load_bench_model(model, device, num_kv_blocks=kv_blocks)
-        systems = _systems(no_sharing_too, peer_names)
-        saving = analytic_saving(work, bench_model.config.min_prefix_tokens)
-        report = _run(console, bench_model, work, systems, warmup, saving)
-    from batchllm_cli.bench.report import render_table
+        path = write_plot(_load_document(o.replot), o.out or o.replot.with_suffix(".png"))
+        err.print(f"plot written to {path}")
+        return
+    if not o.workloads and o.suite is None:
+        _list(out_console)
+        return
+    if o.requests is not None and o.scale is not None:
+        raise ConfigError("give --requests or --scale, not both")
+    if sum(x is not None for x in (o.kv_tokens, o.kv_pool_like, o.kv_blocks)) > 1:
+        raise ConfigError("give one of --kv-tokens, --kv-pool-like and --kv-blocks")
+    if o.scale == 0:
+        raise ConfigError("--scale must be in (0, 1], got 0")
+    name, systems, cases = _cases(o)
+    _check_cases(cases, o)
+    if o.dry_run:
+        _show_cases(out_console, name, systems, cases, o)
+        return
+    out_path = o.out or Path("results") / f"bench-{name}.json"
+    with _torch_threads(o.threads):
+        _run_cases(o, name, systems, cases, out_path, out_console, err, saved)
+
+
+def _cases(o: _Args) -> tuple[str, list[str], list[Case]]:
+    """(report name, systems, cases) from the workloads or the suite, scaled."""
+    from batchllm_cli.bench.runner import POLICY_SYSTEMS, SYSTEM_HF, SYSTEM_NO_SHARING, SYSTEM_SHARING
+    from batchllm_cli.bench.suite import Case, load_suite, scaled
+    from batchllm_cli.bench.workloads import load_spec
+
+    def sized(spec: Any) -> Any:
+        if o.requests is not None:
+            return spec.scaled(o.requests)
+        return scaled(spec, o.scale) if o.scale is not None else spec
+
+    if o.suite is not None:
+        if o.workloads or o.peers or o.no_sharing_too:
+            raise ConfigError("--suite runs its own workloads and systems: leave out WORKLOAD, --peers and --no-sharing-too")
+        s = load_suite(o.suite)
+        cases = [replace(c, spec=sized(c.spec), model=o.model or c.model) for c in s.cases]
+        return f"suite-{s.name}", list(s.systems), cases
+    specs = [sized(load_spec(w)) for w in o.workloads]
+    peer_names = _parse_peers(o.peers or [])
+    systems = [SYSTEM_SHARING] + ([SYSTEM_NO_SHARING] if o.no_sharing_too else [])
+    systems += [p for p in peer_names if p in POLICY_SYSTEMS] + ([SYSTEM_HF] if "hf" in peer_names else [])
+    name = specs[0].name if len(specs) == 1 else f"{len(specs)}-workloads"
+    return name, systems, [Case(spec, o.model, None) for spec in specs]
+
+
+def _show_cases(console: Console, name: str, systems: list[str], cases: list[Case], o: _Args) -> None:
+    from rich.table import Table
+
+    block_size = _default_block_size()
+    table = Table(title=f"{name}: {len(cases)} case(s); each system: {int(o.warmup)} warm-up + {o.repeats} timed runs")
+    for col in ("workload", "model", "requests", "KV pool", "targets"):
+        table.add_column(col, justify="right" if col == "requests" else "left")
+    for c in cases:
+        pool = _kv_pool(o, c, block_size)
+        table.add_row(
+            c.spec.name, c.model or "smollm2-135m", f"{c.spec.expected_requests:,.0f}",
+            "engine default" if pool is None else f"{pool.tokens:,} tokens ({pool.source.split(':')[0]})",
+            ", ".join(f"{t.over} x{t.at_least:g}" for t in c.targets) or "-",
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"systems: {', '.join(systems)}")
+
+
+def _check_cases(cases: list[Case], o: _Args) -> None:
+    """Every case's KV pool can be sized and its prompts + output fit its model (before anything
+    is loaded)."""
+    from batchllm_cli.bench.model import bench_source
+
+    contexts: dict[str | None, int] = {}
+    for c in cases:
+        _kv_pool(o, c, _default_block_size())
+        if c.model not in contexts:
+            contexts[c.model] = bench_source(c.model).config.max_position
+        c.spec.check_context(contexts[c.model], c.model or "smollm2-135m")
+
+
+def _run_cases(
+    o: _Args, name: str, systems: list[str], cases: list[Case], out_path: Path,
+    out_console: Console, err: Console, saved: _Saved,
+) -> None:  # fmt: skip
+    from batchllm_cli.bench.model import load_bench_model
+    from batchllm_cli.bench.rates import measure_rates
+    from batchllm_cli.bench.report import BenchReport, environment, workload_record, write_document
+    from batchllm_cli.bench.runner import BenchOptions, release_memory, run_workload
+    from batchllm_cli.bench.table import render_table
+    from batchllm_cli.bench.workloads import analytic_saving, generate
+    from batchllm_cli.cli.bench_display import make_display
+
+    display = make_display(err, o.repeats)
+    reports: list[BenchReport] = []
+    bench_model: Any = None
+    header: dict[str, Any] = {}
+    with display:
+        for case in cases:
+            saved.running = f"{case.spec.name} ({case.model or 'smollm2-135m'})"
+            if bench_model is None or bench_model.name != _model_name(case.model):
+                bench_model = None
+                release_memory()
+                display.note(f"loading {case.model or 'the embedded model'}")
+                bench_model = load_bench_model(case.model, o.device, token_budget=o.token_budget)
+            if not header:
+                display.note(f"measuring {bench_model.config.device}: a matmul and a copy")
+                rates = measure_rates(bench_model.config.device, bench_model.config.dtype)
+                display.note(f"{bench_model.config.device}: {rates.matmul_flops_per_s / 1e12:.2f} TFLOP/s {rates.dtype} matmul, "
+                             f"{rates.copy_bytes_per_s / 1e9:,.0f} GB/s copy (read + write) ({rates.note})")  # fmt: skip
+                header = _header(o, name, environment(), rates)
+            pool = _kv_pool(o, case, bench_model.config.block_size)
+            model_for_case = bench_model
+            if pool is not None:
+                model_for_case = replace(bench_model, config=bench_model.config.with_overrides(num_kv_blocks=pool.blocks))
+            work = generate(case.spec)
+            saving = analytic_saving(work, bench_model.config.min_prefix_tokens)
+            display.note(f"{case.spec.name}: {work.num_requests:,} requests, {len(systems)} systems x "
+                         f"({int(o.warmup)} warm-up + {o.repeats} timed) runs on {bench_model.name}"
+                         + (f", KV pool {pool.tokens:,} tokens ({pool.source})" if pool else ""))  # fmt: skip
+            options = BenchOptions(repeats=o.repeats, warmup=o.warmup, rates=rates, profile=o.profile)
+            on_event = _events(display, model_for_case.config, rates, o)
+            res = run_workload(model_for_case, work, systems, options, on_event)
+            report = BenchReport(
+                workload=workload_record(work, saving) | {"kv_pool_share": _pool_share(work, res, model_for_case)},
+                model=bench_model.name,
+                device=model_for_case.config.device,
+                dtype=model_for_case.config.dtype,
+                runs=tuple(res.runs),
+                environment=header["environment"],
+                kv_pool=None if pool is None else pool.to_dict(),
+                work={s: w.to_dict() for s, w in res.work.items()},
+                profiles=res.profiles,
+                targets=case.targets,
+            )
+            reports.append(report)
+            saved.path, saved.count = write_document(out_path, reports, header), len(reports)
+            _print_report(out_console, report)
+    saved.running = ""
+    out_console.print(f"results written to {out_path}")
+    _plot(out_path, err)
+
+
+def _events(display: Any, config: Any, rates: Any, o: _Args) -> Any:
+    from batchllm_cli.bench.estimate import estimate_s
+
+    def on_event(system: str, event: str, payload: Any) -> None:
+        if event == "counted":
+            if not config.is_cuda and payload:
+                runs = o.repeats + int(o.warmup) + int(o.profile)
+                display.note(f"estimate on this CPU: about {estimate_s(payload, rates, runs):,.0f} s for this workload")
+            return
+        display.event(system, event, payload)
+
+    return on_event
+
+
+def _pool_share(work: Any, res: Any, bench_model: Any) -> float | None:
+    """The pool's size over the workload's prompt KV (logical tokens): below 1, a prefix cache
+    must evict."""
+    pools = {r.kv_pool_blocks for r in res.runs if r.kv_pool_blocks}
+    if not pools or not work.logical_prefill_tokens:
+        return None
+    return round(min(pools) * bench_model.config.block_size / work.logical_prefill_tokens, 4)
+
+
+def _print_report(console: Console, report: BenchReport) -> None:
+    from rich.markup import escape
+
+    from batchllm_cli.bench.table import render_table
 
     console.print(render_table(report))
     for r in report.runs:
         for note in r.notes:
-            console.print(f"[dim]{r.system}: {note}[/dim]")
+            console.print(escape(f"{r.system} run {r.repeat + 1}: {note}"), style="dim")
         if r.short_outputs:
-            console.print(f"[yellow]{r.system}: {r.short_outputs} requests stopped before {spec.output_len} tokens[/yellow]")
-    path = report.write(out or Path("results") / f"bench-{spec.name}.json")
-    console.print(f"results written to {path}")
+            console.print(f"{r.system}: {r.short_outputs} requests stopped before {report.workload['output_len']} tokens", style="yellow")
+        if r.graph_captures:
+            console.print(f"{r.system} run {r.repeat + 1}: {r.graph_captures} CUDA graph(s) captured inside the timed run", style="yellow")
+    for s in report.unstable():
+        console.print(f"{s}: repeated runs differ by more than 10% from their median", style="yellow")
+    for t in report.to_dict()["targets"]:
+        if t["met"] is None:
+            console.print(f"target batchllm >= {t['at_least']:g}x {t['over']}: not checked ({t['why']})", style="yellow")
+        else:
+            verdict = "met" if t["met"] else "MISSED"
+            console.print(f"target batchllm >= {t['at_least']:g}x {t['over']} ({t['vs']}): {t['ratio']:.2f}x, {verdict}",
+                          style="green" if t["met"] else "bold red")  # fmt: skip
+    for s, p in report.profiles.items():
+        frac = "-" if p["busy_fraction"] is None else f"{p['busy_fraction']:.0%}"
+        top = ", ".join(f"{k['name'][:40]} {k['ms']:.1f} ms" for k in p["top"][:3])
+        console.print(escape(f"{s} profile: {p['what']} {p['busy_s']:.3f} / {p['wall_s']:.3f} s ({frac}); top: {top}"))
+
+
+def _plot(out_path: Path, err: Console) -> None:
+    from batchllm_cli.bench.plot import have_matplotlib, write_plot
+
+    if not have_matplotlib():
+        err.print('no plot: matplotlib is not installed (pip install "batchllm-cli[plot]"; or later: batchllm bench --replot REPORT.json)')
+        return
+    path = write_plot(json.loads(out_path.read_text()), out_path.with_suffix(".png"))
+    err.print(f"plot written to {path}")
+
+
+def _header(o: _Args, name: str, env: dict[str, str], rates: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "command": "batchllm bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 and sys.argv[1] == "bench" else None,
+        "suite": o.suite,
+        "scale": o.scale,
+        "requests": o.requests,
+        "repeats": o.repeats,
+        "order": "interleaved: round r runs every system once, in the systems' order",
+        "warmup": "each system ran the whole workload once, untimed, before the timed runs" if o.warmup else "none",
+        "rates": rates.to_dict(),
+        "environment": env,
+    }
+
+
+def _kv_pool(o: _Args, case: Case, block_size: int) -> KvPool | None:
+    from batchllm_cli.bench.kv_pool import KvPool, kv_pool_like, kv_pool_of_tokens
+
+    if o.kv_tokens is not None:
+        return kv_pool_of_tokens(o.kv_tokens, block_size)
+    if o.kv_pool_like is not None:
+        return kv_pool_like(o.kv_pool_like, block_size)
+    if o.kv_blocks is not None:
+        return KvPool(o.kv_blocks * block_size, o.kv_blocks, f"--kv-blocks {o.kv_blocks}")
+    if case.kv_pool_like is not None:
+        return kv_pool_like(case.kv_pool_like, block_size)
+    return None
+
+
+def _default_block_size() -> int:
+    """The engine's block size (configs/engine/default.toml; the same on every device)."""
+    from batchllm_cli.engine.config import load_engine_config
+
+    return load_engine_config("cpu").block_size
+
+
+def _model_name(model: str | None) -> str:
+    from batchllm_cli.bench.model import bench_source
+
+    return str(bench_source(model).name)
+
+
+def _load_document(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"no report {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path} is not a bench report (JSON): {exc}") from None
+    if not isinstance(doc, dict) or doc.get("version") != 2 or not isinstance(doc.get("reports"), list):
+        raise InputError(f"{path} is not a bench report of this version (written by `batchllm bench --out`)")
+    return doc
 
 
 @contextmanager
@@ -106,68 +419,18 @@ def _parse_peers(peers: list[str]) -> list[str]:
     return names
 
 
-def _systems(no_sharing_too: bool, peers: list[str]) -> list[str]:
-    from batchllm_cli.bench.runner import POLICY_SYSTEMS, SYSTEM_HF, SYSTEM_NO_SHARING, SYSTEM_SHARING
-
-    systems = [SYSTEM_SHARING]
-    if no_sharing_too:
-        systems.append(SYSTEM_NO_SHARING)
-    systems += [p for p in peers if p in POLICY_SYSTEMS]
-    if "hf" in peers:
-        systems.append(SYSTEM_HF)
-    return systems
-
-
-def _run(
-    console: Console,
-    bench_model: BenchModel,
-    work: Workload,
-    systems: list[str],
-    warmup: bool,
-    saving: Saving,
-) -> BenchReport:
-    from batchllm_cli.bench.report import BenchReport, environment, workload_record
-    from batchllm_cli.bench.runner import run_systems
-
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
-    )  # fmt: skip
-    tasks: dict[str, int] = {}
-
-    def on_event(system: str, event: str, payload: Any) -> None:
-        if event == "warmup":
-            tasks[system] = progress.add_task(f"{system} (warm-up)", total=None, rate="")
-        elif event == "start":
-            if system in tasks:
-                progress.remove_task(tasks[system])
-            tasks[system] = progress.add_task(system, total=payload, rate="")
-        elif event == "progress":
-            rate = payload.output_tokens / payload.elapsed_s if payload.elapsed_s > 0 else 0.0
-            progress.update(tasks[system], completed=payload.requests_done, rate=f"{rate:,.0f} tok/s")
-        elif event == "done":
-            progress.update(tasks[system], completed=payload.num_requests, rate=f"{payload.requests_per_s:.2f} req/s")
-
-    with progress:
-        runs = run_systems(bench_model, work, systems, warmup=warmup, on_event=on_event)
-    return BenchReport(
-        workload=workload_record(work, saving),
-        model=bench_model.name,
-        device=bench_model.config.device,
-        dtype=bench_model.config.dtype,
-        runs=tuple(runs),
-        environment=environment(),
-    )
-
-
-def _list_workloads(console: Console, names: list[str], load_spec: Callable[[str], WorkloadSpec]) -> None:
+def _list(console: Console) -> None:
     from rich.table import Table
+
+    from batchllm_cli.bench.suite import suite_names
+    from batchllm_cli.bench.workloads import load_spec, workload_names
 
     table = Table(title="workloads (batchllm bench NAME)")
     table.add_column("name")
     table.add_column("requests", justify="right")
     table.add_column("what")
-    for name in names:
+    for name in workload_names():
         spec = load_spec(name)
         table.add_row(name, f"{spec.expected_requests:,.0f}", spec.description)
     console.print(table)
+    console.print(f"suites (batchllm bench --suite NAME): {', '.join(suite_names())}")

@@ -11,11 +11,13 @@ from batchllm_cli.engine.engine import ProgressFn, run_plan
 from batchllm_cli.engine.runner import ModelRunner, kv_pool_blocks
 from batchllm_cli.engine.stop import StopChecker
 from batchllm_cli.engine.tokenizer import Tokenizer
-from batchllm_cli.errors import InputError, ModelError
+from batchllm_cli.errors import ConfigError, InputError, ModelError
 from batchllm_cli.planner import Plan, PlanSettings, build_plan
 from batchllm_cli.types import Completion, Request, SamplingParams
 
 Prompt = str | Sequence[dict] | Sequence[int] | np.ndarray
+# EngineConfig fields that only the scheduler and planner read (LLM.with_scheduling may change them)
+_SCHEDULING_FIELDS = frozenset({"policy", "prefix_sharing", "token_budget", "memory_bound", "min_prefix_tokens"})
 
 
 class LLM:
@@ -48,6 +50,22 @@ class LLM:
         llm = cls.__new__(cls)
         llm._setup(source, model, _engine_config(config, overrides))
         return llm
+
+    def with_scheduling(self, **overrides: Any) -> "LLM":
+        """This LLM with other scheduling settings (policy, prefix_sharing, token_budget,
+        memory_bound, min_prefix_tokens), sharing its model, tokenizer and model runner:
+        one KV cache and the CUDA graphs captured so far serve every setting (benchmarks
+        compare settings on exactly the same runner)."""
+        runner_fields = set(overrides) - _SCHEDULING_FIELDS
+        if runner_fields:
+            raise ConfigError(
+                f"with_scheduling cannot change {', '.join(sorted(runner_fields))}: they shape the "
+                "model runner (make another LLM)"
+            )
+        view = LLM.__new__(LLM)
+        view.__dict__.update(self.__dict__)
+        view.config = self.config.with_overrides(**overrides)
+        return view
 
     def _setup(self, source: Any, model: Any, config: EngineConfig, tokenizer: Tokenizer | None = None) -> None:
         if config.is_cuda:

@@ -6,10 +6,11 @@ The CLI's `plan` command uses it to estimate steps and peak KV memory before any
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from batchllm_cli.engine.block_pool import BlockPool
-from batchllm_cli.engine.scheduler import Scheduler
+from batchllm_cli.engine.caching import make_scheduler
+from batchllm_cli.engine.step import StepBatch
 from batchllm_cli.planner.plan import PrefixGroup
 from batchllm_cli.types import Request
 
@@ -38,11 +39,15 @@ def simulate(
     block_size: int,
     token_budget: int,
     memory_bound: float,
+    policy: str = "batchllm",
+    on_step: Callable[[StepBatch], None] | None = None,
 ) -> SimulationResult:
-    """Runs the scheduler over `groups` as if every request produced exactly max_tokens tokens."""
+    """Runs the scheduler over `groups` (or a peer's `policy`, engine/caching.py) as if every
+    request produced exactly max_tokens tokens; `on_step` sees each StepBatch (benchmarks count
+    the KV and FLOPs of the steps a run will take)."""
     pool = BlockPool(num_blocks)
-    scheduler = Scheduler(
-        requests, groups, pool, block_size=block_size, token_budget=token_budget, memory_bound=memory_bound
+    scheduler = make_scheduler(
+        policy, requests, groups, pool, block_size=block_size, token_budget=token_budget, memory_bound=memory_bound
     )
     tokens_per_step: list[int] = []
     prefill = decode = 0
@@ -55,6 +60,8 @@ def simulate(
         prefill += num_prefill
         decode += num_decode
         tokens_per_step.append(num_prefill + num_decode)
+        if on_step is not None:
+            on_step(batch)
         scheduler.update(batch, [0] * len(batch.sample_items))
     return SimulationResult(
         steps=len(tokens_per_step),

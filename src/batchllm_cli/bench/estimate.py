@@ -1,0 +1,20 @@
+"""What a bench will cost on a CPU, said before it starts: its runs' roofline time at the measured
+rates, scaled by how far from the roofline a CPU run stays, plus the host time of its steps."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from batchllm_cli.bench.roofline import DeviceRates, WorkCount
+
+# Measured on the 2-core development machine (2026-12-03, OMP_NUM_THREADS=1, float32):
+# tiny-llama runs are host-bound at ~4 ms per step; the embedded SmolLM2-135M reaches about a
+# third of the roofline on prefill-heavy steps.
+CPU_STEP_S = 0.004
+CPU_ROOFLINE_FRACTION = 0.3
+
+
+def estimate_s(work: Mapping[str, WorkCount], rates: DeviceRates, runs_per_system: int) -> float:
+    """Seconds `runs_per_system` runs of every system in `work` should take on this CPU."""
+    one_each = sum(w.ideal_s(rates) / CPU_ROOFLINE_FRACTION + w.steps * CPU_STEP_S for w in work.values())
+    return runs_per_system * one_each
