@@ -8,10 +8,11 @@
 #   paper      `batchllm bench --suite paper --scale $PAPER_SCALE` in the paper's KV regime
 #              (gets whatever time is left; finished cases are kept)            -> paper.json, paper.png
 #   attention, decode, e2e   the kernel and decode-step benchmarks, bench_e2e.py (older scripts)
-# Everything goes to $OUT (default results/), flat, at most 8 files: gpu.txt, tests.log,
-# bench.log and the JSON/PNG pairs. The whole call stops itself after $LIMIT_S seconds (default
-# 530): each step gets the time left, and is stopped with SIGINT (bench then keeps what it
-# finished; its plot is drawn from the saved JSON).
+# Everything goes to $OUT (default results/), flat, 8 files at most: install.log, gpu.txt,
+# tests.log, bench.log and the JSON/PNG pairs (the PNGs need matplotlib's wheels in .whl/; else
+# `batchllm bench --replot OUT/paper.json` draws them afterwards on any machine). The call stops
+# itself after $LIMIT_S seconds (default 530): each step gets at most the time left and is then
+# stopped with SIGINT (bench keeps the workloads it finished; the plot is drawn from the JSON).
 #   OUT=results bash scripts/h100_run.sh                       # tests, PEERS.md bench, a small paper suite
 #   PAPER_SCALE=0.05 bash scripts/h100_run.sh paper            # the paper suite alone, 5% of its requests
 set -u -o pipefail
@@ -22,23 +23,13 @@ REPEATS=${REPEATS:-3}
 PAPER_SCALE=${PAPER_SCALE:-0.02}
 END=$((SECONDS + LIMIT_S))
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 BATCHLLM_CACHE_DIR=/tmp/batchllm-cache
-left() { local s=$((END - SECONDS)); [[ $s -lt ${1:-100000} ]] && echo $s || echo "${1}"; }
+# the machine's setup in one place (carried wheels, editable install, multicast off): -> install.log
+source "$(dirname "$0")/gpu_setup.sh" >"$OUT/gpu.txt" 2>&1; cat "$OUT/gpu.txt"
+left() { local s=$((END - SECONDS)); ((s < $1)) && echo $s || echo "$1"; }
 # runs "$@" for at most $1 seconds (and never past the call's end), SIGINT first, then KILL
 limited() { local cap; cap=$(left "$1"); shift; if ((cap < 10)); then echo "skipped (no time left): $*"; return 1; fi
   timeout -s INT -k 15 "$cap" "$@"; }
-# wheels the machine lacks (orjson, gguf, typer, shellingham, matplotlib ...), carried in .whl/
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site
-if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/tmp/install.log 2>&1; then
-  echo "editable install failed (see gpu.txt): using the tree in place"
-  cat /tmp/install.log >>"$OUT/gpu.txt"
-  ln -sfn ../../configs src/batchllm_cli/configs
-  export PYTHONPATH=/tmp/site:$PWD/src:$PWD/kernels
-fi
 BENCH=(python3 -m batchllm_cli bench)
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/gpu.txt"
-python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 status=0
 if [[ $WHAT == *tests* ]]; then
   # TESTS: pytest targets (default: every kernel test, the model and engine parity tests)

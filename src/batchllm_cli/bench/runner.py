@@ -175,7 +175,7 @@ def _execute(llm: Any, workload: Workload, requests: Sequence[Any], system: str,
 
     def progress(p: Any) -> None:
         nonlocal peak, last
-        peak = max(peak, getattr(p, "kv_blocks_used", 0))
+        peak = max(peak, p.kv_blocks_used)
         last = p
         if on_progress is not None:
             on_progress(p)
@@ -205,7 +205,7 @@ def _execute(llm: Any, workload: Workload, requests: Sequence[Any], system: str,
         peak_kv_blocks=peak,
         est_peak_kv_blocks=plan.stats.est_peak_kv_blocks,
         short_outputs=short,
-        model_tokens=getattr(last, "model_tokens", None),  # EngineProgress fields of issue 13
+        model_tokens=None if last is None else last.model_tokens,
         token_budget=llm.config.token_budget,
         graph_captures=None if captures_before is None else captures_after - captures_before,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from array import array
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -56,6 +57,7 @@ class Tokenized:
     rejected: list[BadLine]  # pending lines the model cannot take (too long)
     samples: bytearray = field(default_factory=bytearray)  # [n] which sample of its line
     counts: bytearray = field(default_factory=bytearray)  # [n] how many samples its line has
+    lines: array = field(default_factory=lambda: array("l"))  # [n] its line's 1-based input line
 
 
 def tokenize_records(
@@ -148,30 +150,32 @@ def _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, default
             out.pending.append(0 if done else 1)
             out.samples.append(k)
             out.counts.append(n)
+            out.lines.append(rec.line)
         tokens += len(ids)
     return tokens
 
 
 def gather_samples(
-    stream: Iterable[Completion], kinds: bytes, samples: bytes, counts: bytes
-) -> Iterator[tuple[Kind, tuple[Completion, ...]]]:
-    """Each line's kind and Completions, in sample order, once its last sample finished.
+    stream: Iterable[Completion], kinds: bytes, samples: bytes, counts: bytes, lines: Any
+) -> Iterator[tuple[Kind, tuple[Completion, ...], int]]:
+    """Each line's kind, Completions (in sample order) and input line, once its last sample
+    finished.
 
-    stream: Completions as they finish, indexed 0..m-1 as kinds/samples/counts are (a line's
-    samples have consecutive indices, sample 0 first). Only unfinished lines are held.
+    stream: Completions as they finish, indexed 0..m-1 as kinds/samples/counts/lines are (a
+    line's samples have consecutive indices, sample 0 first). Only unfinished lines are held.
     """
     partial: dict[int, list[Completion]] = {}  # a line's finished samples, by its first request
     for completion in stream:
         i = completion.index
         if counts[i] == 1:
-            yield KINDS[kinds[i]], (completion,)
+            yield KINDS[kinds[i]], (completion,), lines[i]
             continue
         first = i - samples[i]
         got = partial.setdefault(first, [])
         got.append(completion)
         if len(got) == counts[i]:
             del partial[first]
-            yield KINDS[kinds[first]], tuple(sorted(got, key=lambda c: c.index))
+            yield KINDS[kinds[first]], tuple(sorted(got, key=lambda c: c.index)), lines[first]
 
 
 def computing_members(plan: Any) -> dict[int, int]:
@@ -257,13 +261,14 @@ class EngineBackend:
             check_plan(self._plan, self._tokenized, self.config)  # before the model loads
         return self._tokenized.rejected
 
-    def run(self, on_progress: Callable[[Any], None]) -> Iterator[tuple[Kind, tuple[Completion, ...]]]:
+    def run(self, on_progress: Callable[[Any], None]) -> Iterator[tuple[Kind, tuple[Completion, ...], int]]:
         assert self._tokenized is not None, "prepare() first"
         tok = self._tokenized
-        # of the pending requests, by engine index: kind, sample number, samples of the line
+        # of the pending requests, by engine index: kind, sample number, samples of the line, line
         kinds, samples, counts = (bytes(x for x, p in zip(col, tok.pending) if p) for col in (tok.kinds, tok.samples, tok.counts))
+        lines = array("l", (x for x, p in zip(tok.lines, tok.pending) if p))
         stream = self._stream(tok, on_progress) if len(self.devices) == 1 else self._stream_parallel(tok, on_progress)
-        return gather_samples(stream, kinds, samples, counts)
+        return gather_samples(stream, kinds, samples, counts, lines)
 
     def _stream(self, tok: Tokenized, on_progress: Callable[[Any], None]) -> Iterator[Completion]:
         from batchllm_cli.engine.llm import LLM
