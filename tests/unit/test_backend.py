@@ -163,9 +163,10 @@ def test_samples_are_gathered_into_one_answer_per_line_in_sample_order() -> None
 
     kinds, samples, counts = bytes([0, 0, 0, 2, 1, 1]), bytes([0, 1, 2, 0, 0, 1]), bytes([3, 3, 3, 1, 2, 2])
     order = [2, 3, 5, 0, 4, 1]  # finishing order
-    out = list(gather_samples((done(i) for i in order), kinds, samples, counts))
-    assert [(kind, [c.index for c in cs]) for kind, cs in out] == [
-        ("openai_chat", [3]), ("chat", [4, 5]), ("plain", [0, 1, 2])]
+    lines = [1, 1, 1, 3, 4, 4]
+    out = list(gather_samples((done(i) for i in order), kinds, samples, counts, lines))
+    assert [(kind, [c.index for c in cs], line) for kind, cs, line in out] == [
+        ("openai_chat", [3], 3), ("chat", [4, 5], 4), ("plain", [0, 1, 2], 1)]
 
 
 def test_a_logit_bias_outside_the_vocabulary_is_a_bad_line() -> None:

@@ -56,6 +56,10 @@ def run(
     no_prefix_sharing: Annotated[bool, typer.Option("--no-prefix-sharing", help="Compute every prompt whole (to measure what sharing buys).")] = False,
     token_budget: Annotated[Optional[int], typer.Option(min=1, help="Tokens per engine step (default: configs/engine/default.toml for the device).")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda[:N]; default: cuda when present. A comma list (cuda:0,cuda:1) runs one engine per device, the prefix groups shared out between them.")] = None,
+    errors: Annotated[Optional[Path], typer.Option("--errors", metavar="FILE", help="Write failed lines there (OpenAI's error-file shape) and only successes to OUTPUT; resumed with it.", show_default=False)] = None,
+    served_model_name: Annotated[Optional[list[str]], typer.Option("--served-model-name", metavar="NAME", help="A model name OpenAI bodies may ask for (repeatable); a line naming another gets a 404 model_not_found record. Default: any name is answered.", show_default=False)] = None,
+    ordered: Annotated[bool, typer.Option("--ordered", help="Write the records in input order (held in a bounded window, spilled to disk past it; resumable).")] = False,
+    allow_bad_lines: Annotated[bool, typer.Option("--allow-bad-lines", help="Exit 0 when the job finished with some bad lines (their error records are data), not 8.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary; errors only.")] = False,
 ) -> None:
     """Answer every prompt of INPUT into OUTPUT, sharing the prompts' common prefixes.
@@ -77,6 +81,10 @@ def run(
         from batchllm_cli.io.writer import STDIO
         from batchllm_cli.types import SamplingParams
 
+        if any(not s for s in stop or ()):
+            from batchllm_cli.errors import InputError
+
+            raise InputError("--stop: a stop string cannot be empty (it would stop every request at once)")
         defaults = SamplingParams(
             max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, stop=tuple(stop or ()),
             min_p=min_p, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
@@ -95,9 +103,17 @@ def run(
         settings.update((k, getattr(defaults, k)) for k, off in _OFF.items() if getattr(defaults, k) != off)
         if n != 1:
             settings["n"] = n
+        # where records go changes what OUTPUT holds: a resume must keep them the same
+        if errors is not None:
+            settings["errors"] = str(errors.resolve())
+        if ordered:
+            settings["ordered"] = True
+        if served_model_name:
+            settings["served_model_names"] = sorted(set(served_model_name))
         with input_file(input) as (in_path, in_name):
             fingerprint = JobFingerprint.make(in_path, model_key(model), settings)
-            opts = JobOptions(in_path, output, fingerprint, strict=strict, overwrite=overwrite)
+            opts = JobOptions(in_path, output, fingerprint, strict=strict, overwrite=overwrite, errors_path=errors,
+                              ordered=ordered, served_models=frozenset(served_model_name) if served_model_name else None)
             with make_reporter(console, quiet) as reporter, _stop_on_signals() as stop_flag:
                 try:
                     summary = run_job(
@@ -116,13 +132,18 @@ def run(
             return
         if not quiet:
             console.print(job_summary_table(summary))
+            for name, count in sorted(summary.requested_models.items()):
+                if not served_model_name:
+                    console.print(f"{count} line(s) named model {name!r}: answered by the model run "
+                                  "(--served-model-name makes other names a 404)", highlight=False)
         if summary.bad_lines:
-            where = "went to standard output" if output == STDIO else f"are in {output}"
+            where = f"are in {errors}" if errors else "went to standard output" if output == STDIO else f"are in {output}"
             console.print(
                 f"[yellow]{summary.bad_lines} input line(s) could not run: their error records "
                 f"{where}[/]", highlight=False,
             )
-            raise typer.Exit(EXIT_LINES_FAILED)
+            if not allow_bad_lines:
+                raise typer.Exit(EXIT_LINES_FAILED)
 
 
 # Sampling options added after the first fingerprint, and their "off" values.

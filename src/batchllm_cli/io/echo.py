@@ -63,7 +63,7 @@ class EchoBackend:
         self._records = iter(kept)
         return rejected
 
-    def run(self, on_progress: Callable[[Any], None]) -> Iterator[tuple[Kind, tuple[Completion, ...]]]:
+    def run(self, on_progress: Callable[[Any], None]) -> Iterator[tuple[Kind, tuple[Completion, ...], int]]:
         progress = _Progress()
         done = tokens = 0  # prompt = prefill = output tokens: summed in locals, copied at reports
         for rec in self._records:
@@ -71,7 +71,7 @@ class EchoBackend:
                 self.on_item(rec)
             text = _text(rec)
             n = _count_tokens(text)
-            yield rec.kind, (Completion(done, rec.id, text, _ids(n), "stop", n, 0),)
+            yield rec.kind, (Completion(done, rec.id, text, _ids(n), "stop", n, 0),), rec.line
             done += 1
             tokens += n
             if done % PROGRESS_EVERY == 0:

@@ -65,7 +65,15 @@ class KeySet:
         return self._dir is not None
 
     def add(self, key: bytes, line: int) -> None:
-        digest = _digest(key)
+        self._add_digest(_digest(key), line)
+
+    def update(self, other: "KeySet") -> None:
+        """Adds every entry of `other` (e.g. the records of a second output file)."""
+        for p in range(NUM_PARTITIONS):
+            for hi, lo, line in other.partition(p).tolist():
+                self._add_digest(struct.pack(">QQ", hi, lo), line)
+
+    def _add_digest(self, digest: bytes, line: int) -> None:
         entry = _ENTRY.pack(digest, line)
         self._count += 1
         if self._dir is None:

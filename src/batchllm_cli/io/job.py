@@ -19,9 +19,12 @@ from batchllm_cli.errors import BatchLLMError, InputError, OutputError
 from batchllm_cli.io.fingerprint import JobFingerprint
 from batchllm_cli.io.formats import completion_record, error_record
 from batchllm_cli.io.index import KeySet, LineSet, duplicates, key_of, lines_in
-from batchllm_cli.io.reader import BadLine, InputRecord, Kind, read_ids, read_input
+from batchllm_cli.io.reader import BadLine, InputRecord, Kind, LineRules, detect_rules, read_ids, read_input
+from batchllm_cli.io.sinks import InOrder, RecordSink
 from batchllm_cli.io.lock import OutputLock
-from batchllm_cli.io.writer import STDIO, OutputWriter, ResumeState, StreamWriter, inspect_output, is_output_file
+from batchllm_cli.io.writer import (
+    STDIO, OutputWriter, ResumeState, StreamWriter, inspect_output, is_output_file, scan_output,
+)
 from batchllm_cli.types import Completion
 
 MAX_DUPLICATES = 50  # duplicate pairs named in one error message
@@ -72,6 +75,9 @@ class JobOptions:
     fingerprint: JobFingerprint
     strict: bool = False  # any bad line stops the job before the model runs
     overwrite: bool = False  # start the output over instead of resuming it
+    errors_path: Path | None = None  # failed lines go there (OpenAI's error file) instead of OUTPUT
+    ordered: bool = False  # records in input order (io/sinks.py: held in a bounded window)
+    served_models: frozenset[str] | None = None  # model names a body may name (else 404); None: any
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,7 @@ class JobSummary:
     engine_s: float = 0.0  # time in the engine (after loading)
     wall_s: float = 0.0
     interrupted: str | None = None  # the signal's name when stopped early
+    requested_models: dict[str, int] = field(default_factory=dict)  # lines of this run by body model
     _start: float = field(default_factory=time.perf_counter, repr=False)
 
     @property
@@ -177,9 +184,11 @@ def _run_job(
         state = ResumeState("fresh")
     else:
         state = inspect_output(opts.output_path, opts.fingerprint, opts.overwrite)
+    err_state = _errors_state(opts, state)
+    rules = detect_rules(opts.input_path, opts.served_models)
     rep.phase("checking the input")
     with state.done:
-        pending_lines, done_lines = _check_input(opts, summary, state, stop_check)
+        pending_lines, done_lines = _check_input(opts, summary, state, stop_check, rules)
     summary.resumed, summary.torn_bytes = len(done_lines), state.torn_bytes
     if state.mode == "resume":
         rep.note(f"resuming {opts.output_path}: {summary.resumed} of {summary.lines} records are there")
@@ -192,10 +201,14 @@ def _run_job(
         rep.note(f"cut {state.torn_bytes} bytes of a torn last line")
 
     writer_cm = StreamWriter() if to_stdout else OutputWriter(opts.output_path, state, opts.fingerprint)
-    with writer_cm as writer:
+    errors_cm = OutputWriter(opts.errors_path, err_state, opts.fingerprint, sidecar=False) if err_state else None
+    order = InOrder(line for line, _ in read_ids(opts.input_path, rules) if line not in done_lines) if opts.ordered else None
+    with writer_cm as writer, errors_cm or _Nothing() as errors:
+        sink = RecordSink(writer, errors, order)
         tag = opts.fingerprint.tag
+        style = "error_file" if errors is not None else "inline"
         counter = _PendingCounter()
-        pairs = _pending(opts.input_path, done_lines, writer, tag, summary, counter, stop_check)
+        pairs = _pending(opts.input_path, done_lines, sink, (tag, style), summary, counter, stop_check, rules)
         rejected_count = extra = 0
         if pending_lines:
             backend = backend_factory()
@@ -203,7 +216,7 @@ def _run_job(
             if opts.strict and rejected:
                 raise _bad_lines_error([b.describe() for b in rejected], len(rejected))
             for bad in rejected:
-                writer.write(error_record(bad, tag))
+                sink.write(bad.line, error_record(bad, tag, style), failure=True)
             rejected_count = len(rejected)
             summary.errors += rejected_count
             summary.bad_lines += rejected_count
@@ -220,8 +233,10 @@ def _run_job(
                 )
                 stop_check()
 
-            for kind, completions in backend.run(on_progress):
-                writer.write(completion_record(kind, completions, backend.model_name, tag))
+            # the name a response says answered: the first served name (as vLLM's), else the model's
+            answered_by = min(opts.served_models) if opts.served_models else backend.model_name
+            for kind, completions, line in backend.run(on_progress):
+                sink.write(line, completion_record(kind, completions, answered_by, tag), failure=False)
                 summary.completed += 1
                 summary.requests_done += len(completions)
                 summary.prompt_tokens += sum(c.prompt_tokens for c in completions)  # as the engine counts
@@ -230,8 +245,40 @@ def _run_job(
             pass
         summary.requests = counter.good - rejected_count + extra
         stop_check()
+        sink.finish()
+        sink.close()
+        if errors is not None:
+            errors.close(complete=True)
         writer.close(complete=True, last_run=_finish(summary).figures())
     return summary
+
+
+class _Nothing:
+    """A context manager that stands for a file that is not written (no --errors)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+def _errors_state(opts: JobOptions, state: ResumeState) -> ResumeState | None:
+    """Where the --errors file starts: fresh with a fresh OUTPUT, else its finished records (their
+    keys join `state.done`, so that resume skips the lines they answer)."""
+    path = opts.errors_path
+    if path is None:
+        return None
+    if path == STDIO or path == opts.output_path:
+        raise OutputError(f"--errors {path} must be a file other than the output")
+    if state.mode == "fresh" or not path.exists():
+        if path.exists() and path.stat().st_size and not opts.overwrite and state.mode == "fresh":
+            raise OutputError(f"--errors {path} exists and OUTPUT starts fresh: use --overwrite to replace it")
+        return ResumeState("fresh")
+    err = scan_output(path)
+    state.done.update(err.done)
+    err.done.close()
+    return err
 
 
 def _finish(summary: JobSummary) -> JobSummary:
@@ -252,7 +299,7 @@ def _check_paths(opts: JobOptions) -> None:
 
 
 def _check_input(
-    opts: JobOptions, summary: JobSummary, state: ResumeState, stop_check: Callable[[], None]
+    opts: JobOptions, summary: JobSummary, state: ResumeState, stop_check: Callable[[], None], rules: LineRules,
 ) -> tuple[int, LineSet]:
     """Pass 1: refuses duplicate ids, and (--strict) any bad line, before anything is written.
     Returns how many lines the output does not hold yet, and the lines it holds."""
@@ -260,7 +307,7 @@ def _check_input(
     bad = last_line = 0
     with KeySet() as keys:
         if opts.strict:
-            for rec in read_input(opts.input_path):
+            for rec in read_input(opts.input_path, rules):
                 keys.add(key_of(rec.id, rec.line), rec.line)
                 last_line = rec.line
                 if len(keys) % STOP_CHECK_EVERY == 0:
@@ -270,7 +317,7 @@ def _check_input(
                     if len(listed) < MAX_LISTED:
                         listed.append(rec.describe())
         else:
-            for line, rid in read_ids(opts.input_path):
+            for line, rid in read_ids(opts.input_path, rules):
                 keys.add(key_of(rid, line), line)
                 last_line = line
                 if len(keys) % STOP_CHECK_EVERY == 0:
@@ -300,20 +347,27 @@ class _PendingCounter:
     good: int = 0
 
 
+MAX_MODELS_COUNTED = 32  # distinct body model names counted for the summary (then "others")
+
+
 def _pending(
-    path: Path, done_lines: LineSet, writer: OutputWriter | StreamWriter, tag: str, summary: JobSummary,
-    counter: _PendingCounter, stop_check: Callable[[], None],
+    path: Path, done_lines: LineSet, sink: RecordSink, tag_style: tuple[str, Any], summary: JobSummary,
+    counter: _PendingCounter, stop_check: Callable[[], None], rules: LineRules,
 ) -> Iterator[tuple[InputRecord, bool]]:
     """Pass 2: (good record, already done) pairs; bad lines get their error record on the way."""
-    for i, rec in enumerate(read_input(path), 1):
+    models = summary.requested_models
+    for i, rec in enumerate(read_input(path, rules), 1):
         if i % STOP_CHECK_EVERY == 0:
             stop_check()
         done = rec.line in done_lines
         if isinstance(rec, BadLine):
             summary.bad_lines += 1
             if not done:
-                writer.write(error_record(rec, tag))
+                sink.write(rec.line, error_record(rec, *tag_style), failure=True)
                 summary.errors += 1
         else:
             counter.good += not done
+            if rec.model is not None and not done:
+                name = rec.model if rec.model in models or len(models) < MAX_MODELS_COUNTED else "others"
+                models[name] = models.get(name, 0) + 1
             yield rec, done

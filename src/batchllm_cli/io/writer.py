@@ -116,10 +116,12 @@ class OutputWriter:
 
     The file is opened (truncated when fresh, repaired when resumed) at the first record."""
 
-    def __init__(self, output: str | Path, state: ResumeState, fingerprint: JobFingerprint) -> None:
+    def __init__(self, output: str | Path, state: ResumeState, fingerprint: JobFingerprint,
+                 sidecar: bool = True) -> None:
         self._fd = -1
         self.path = Path(output)
         self.fingerprint = fingerprint
+        self.sidecar = sidecar  # False: a file that belongs to OUTPUT's job (--errors)
         self.records = state.records  # records in the file, earlier runs included
         self._state = state
         self._last_sync = time.monotonic()
@@ -176,6 +178,8 @@ class OutputWriter:
             self._write_sidecar(complete=True, last_run=last_run)
 
     def _write_sidecar(self, complete: bool, last_run: dict[str, Any] | None = None) -> None:
+        if not self.sidecar:
+            return
         side = sidecar_path(self.path)
         doc = {**self.fingerprint.to_dict(), "complete": complete, "records": self.records}
         if last_run is not None:
