@@ -29,21 +29,29 @@ def measure_rates(device: str, dtype: str) -> DeviceRates:
     cuda = device.startswith("cuda")
     n = CUDA_MATMUL_N if cuda else CPU_MATMUL_N
     nbytes = CUDA_COPY_BYTES if cuda else CPU_COPY_BYTES
-    dt = to_dtype(dtype)
-    dev = torch.device(device)
-    a = torch.randn(n, n, dtype=dt, device=dev)
-    b = torch.randn(n, n, dtype=dt, device=dev)
-    matmul_s = _best_time(lambda: torch.mm(a, b), cuda)
-    del a, b
-    elem = torch.empty((), dtype=dt).element_size()
-    x = torch.empty(nbytes // elem, dtype=dt, device=dev).fill_(1)
-    y = torch.empty_like(x)
-    copy_s = _best_time(lambda: y.copy_(x), cuda)
-    del x, y
+    dt, dev = to_dtype(dtype), torch.device(device)
+    matmul_s = _matmul_s(n, dt, dev, cuda)
+    copy_s = _copy_s(nbytes, dt, dev, cuda)
     if cuda:
         torch.cuda.empty_cache()
     note = f"{dtype} {n}^3 matmul, {nbytes >> 20} MiB copy, best of {TRIALS}"
     return DeviceRates(2 * n**3 / matmul_s, 2 * nbytes / copy_s, dtype, note)
+
+
+def _matmul_s(n: int, dt: object, dev: object, cuda: bool) -> float:
+    import torch
+
+    a = torch.randn(n, n, dtype=dt, device=dev)
+    b = torch.randn(n, n, dtype=dt, device=dev)
+    return _best_time(lambda: torch.mm(a, b), cuda)
+
+
+def _copy_s(nbytes: int, dt: object, dev: object, cuda: bool) -> float:
+    import torch
+
+    x = torch.ones(nbytes // torch.empty((), dtype=dt).element_size(), dtype=dt, device=dev)
+    y = torch.empty_like(x)
+    return _best_time(lambda: y.copy_(x), cuda)
 
 
 def _best_time(fn: Callable[[], object], cuda: bool) -> float:

@@ -17,9 +17,8 @@ from batchllm_cli.cli.errors import EXIT_SIGINT, error_line, handled
 from batchllm_cli.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
-    from batchllm_cli.bench.kv_pool import KvPool
     from batchllm_cli.bench.report import BenchReport
-    from batchllm_cli.bench.suite import Case
+    from batchllm_cli.bench.session import Session
 
 PEERS = ("hf", "vllm-like", "sglang-like")
 
@@ -146,27 +145,44 @@ def _bench(o: _Args, saved: _Saved) -> None:
     if not o.workloads and o.suite is None:
         _list(out_console)
         return
+    session = _session(o)
+    session.check()
+    if o.dry_run:
+        _show_cases(out_console, session)
+        return
+    from batchllm_cli.bench.session import DEFAULT_MODEL, run_session
+    from batchllm_cli.cli.bench_display import make_display
+
+    out_path = o.out or Path("results") / f"bench-{session.name}.json"
+
+    def on_report(report: BenchReport, path: Path) -> None:
+        saved.path, saved.count = path, saved.count + 1
+        _print_report(out_console, report)
+
+    with _torch_threads(o.threads), make_display(err, o.repeats) as display:
+
+        def on_case(case: Any) -> None:
+            saved.running = f"{case.spec.name} ({case.model or DEFAULT_MODEL})"
+
+        run_session(session, out_path, display.note, display.event, on_report, on_case)
+    saved.running = ""
+    out_console.print(f"results written to {out_path}")
+    _plot(out_path, err)
+
+
+def _session(o: _Args) -> Session:
+    """What to run, from the workloads or the suite, scaled; ConfigError for what cannot be."""
+    from batchllm_cli.bench.runner import POLICY_SYSTEMS, SYSTEM_HF, SYSTEM_NO_SHARING, SYSTEM_SHARING
+    from batchllm_cli.bench.session import PoolChoice, Session
+    from batchllm_cli.bench.suite import Case, load_suite, scaled
+    from batchllm_cli.bench.workloads import load_spec
+
     if o.requests is not None and o.scale is not None:
         raise ConfigError("give --requests or --scale, not both")
     if sum(x is not None for x in (o.kv_tokens, o.kv_pool_like, o.kv_blocks)) > 1:
         raise ConfigError("give one of --kv-tokens, --kv-pool-like and --kv-blocks")
     if o.scale == 0:
         raise ConfigError("--scale must be in (0, 1], got 0")
-    name, systems, cases = _cases(o)
-    _check_cases(cases, o)
-    if o.dry_run:
-        _show_cases(out_console, name, systems, cases, o)
-        return
-    out_path = o.out or Path("results") / f"bench-{name}.json"
-    with _torch_threads(o.threads):
-        _run_cases(o, name, systems, cases, out_path, out_console, err, saved)
-
-
-def _cases(o: _Args) -> tuple[str, list[str], list[Case]]:
-    """(report name, systems, cases) from the workloads or the suite, scaled."""
-    from batchllm_cli.bench.runner import POLICY_SYSTEMS, SYSTEM_HF, SYSTEM_NO_SHARING, SYSTEM_SHARING
-    from batchllm_cli.bench.suite import Case, load_suite, scaled
-    from batchllm_cli.bench.workloads import load_spec
 
     def sized(spec: Any) -> Any:
         if o.requests is not None:
@@ -176,131 +192,45 @@ def _cases(o: _Args) -> tuple[str, list[str], list[Case]]:
     if o.suite is not None:
         if o.workloads or o.peers or o.no_sharing_too:
             raise ConfigError("--suite runs its own workloads and systems: leave out WORKLOAD, --peers and --no-sharing-too")
-        s = load_suite(o.suite)
-        cases = [replace(c, spec=sized(c.spec), model=o.model or c.model) for c in s.cases]
-        return f"suite-{s.name}", list(s.systems), cases
-    specs = [sized(load_spec(w)) for w in o.workloads]
-    peer_names = _parse_peers(o.peers or [])
-    systems = [SYSTEM_SHARING] + ([SYSTEM_NO_SHARING] if o.no_sharing_too else [])
-    systems += [p for p in peer_names if p in POLICY_SYSTEMS] + ([SYSTEM_HF] if "hf" in peer_names else [])
-    name = specs[0].name if len(specs) == 1 else f"{len(specs)}-workloads"
-    return name, systems, [Case(spec, o.model, None) for spec in specs]
+        suite = load_suite(o.suite)
+        cases = [replace(c, spec=sized(c.spec), model=o.model or c.model) for c in suite.cases]
+        name, systems = f"suite-{suite.name}", list(suite.systems)
+    else:
+        specs = [sized(load_spec(w)) for w in o.workloads or []]
+        peer_names = _parse_peers(o.peers or [])
+        systems = [SYSTEM_SHARING] + ([SYSTEM_NO_SHARING] if o.no_sharing_too else [])
+        systems += [p for p in peer_names if p in POLICY_SYSTEMS] + ([SYSTEM_HF] if "hf" in peer_names else [])
+        name = specs[0].name if len(specs) == 1 else f"{len(specs)}-workloads"
+        cases = [Case(spec, o.model, None) for spec in specs]
+    command = " ".join(sys.argv[2:]) if len(sys.argv) > 1 and sys.argv[1] == "bench" else None
+    return Session(
+        name=name, systems=tuple(systems), cases=tuple(cases),
+        pools=PoolChoice(o.kv_tokens, o.kv_pool_like, o.kv_blocks), device=o.device,
+        token_budget=o.token_budget, repeats=o.repeats, warmup=o.warmup, profile=o.profile,
+        header=(("command", f"batchllm bench {command}" if command is not None else None), ("suite", o.suite),
+                ("scale", o.scale), ("requests", o.requests)),
+    )  # fmt: skip
 
 
-def _show_cases(console: Console, name: str, systems: list[str], cases: list[Case], o: _Args) -> None:
+def _show_cases(console: Console, session: Session) -> None:
     from rich.table import Table
 
-    block_size = _default_block_size()
-    table = Table(title=f"{name}: {len(cases)} case(s); each system: {int(o.warmup)} warm-up + {o.repeats} timed runs")
+    from batchllm_cli.bench.session import DEFAULT_MODEL, default_block_size
+
+    block_size = default_block_size()
+    title = f"{session.name}: {len(session.cases)} case(s); each system: {int(session.warmup)} warm-up + {session.repeats} timed runs"
+    table = Table(title=title)
     for col in ("workload", "model", "requests", "KV pool", "targets"):
         table.add_column(col, justify="right" if col == "requests" else "left")
-    for c in cases:
-        pool = _kv_pool(o, c, block_size)
+    for c in session.cases:
+        pool = session.pools.pool_for(c, block_size)
         table.add_row(
-            c.spec.name, c.model or "smollm2-135m", f"{c.spec.expected_requests:,.0f}",
+            c.spec.name, c.model or DEFAULT_MODEL, f"{c.spec.expected_requests:,.0f}",
             "engine default" if pool is None else f"{pool.tokens:,} tokens ({pool.source.split(':')[0]})",
             ", ".join(f"{t.over} x{t.at_least:g}" for t in c.targets) or "-",
         )  # fmt: skip
     console.print(table)
-    console.print(f"systems: {', '.join(systems)}")
-
-
-def _check_cases(cases: list[Case], o: _Args) -> None:
-    """Every case's KV pool can be sized and its prompts + output fit its model (before anything
-    is loaded)."""
-    from batchllm_cli.bench.model import bench_source
-
-    contexts: dict[str | None, int] = {}
-    for c in cases:
-        _kv_pool(o, c, _default_block_size())
-        if c.model not in contexts:
-            contexts[c.model] = bench_source(c.model).config.max_position
-        c.spec.check_context(contexts[c.model], c.model or "smollm2-135m")
-
-
-def _run_cases(
-    o: _Args, name: str, systems: list[str], cases: list[Case], out_path: Path,
-    out_console: Console, err: Console, saved: _Saved,
-) -> None:  # fmt: skip
-    from batchllm_cli.bench.model import load_bench_model
-    from batchllm_cli.bench.rates import measure_rates
-    from batchllm_cli.bench.report import BenchReport, environment, workload_record, write_document
-    from batchllm_cli.bench.runner import BenchOptions, release_memory, run_workload
-    from batchllm_cli.bench.table import render_table
-    from batchllm_cli.bench.workloads import analytic_saving, generate
-    from batchllm_cli.cli.bench_display import make_display
-
-    display = make_display(err, o.repeats)
-    reports: list[BenchReport] = []
-    bench_model: Any = None
-    header: dict[str, Any] = {}
-    with display:
-        for case in cases:
-            saved.running = f"{case.spec.name} ({case.model or 'smollm2-135m'})"
-            if bench_model is None or bench_model.name != _model_name(case.model):
-                bench_model = None
-                release_memory()
-                display.note(f"loading {case.model or 'the embedded model'}")
-                bench_model = load_bench_model(case.model, o.device, token_budget=o.token_budget)
-            if not header:
-                display.note(f"measuring {bench_model.config.device}: a matmul and a copy")
-                rates = measure_rates(bench_model.config.device, bench_model.config.dtype)
-                display.note(f"{bench_model.config.device}: {rates.matmul_flops_per_s / 1e12:.2f} TFLOP/s {rates.dtype} matmul, "
-                             f"{rates.copy_bytes_per_s / 1e9:,.0f} GB/s copy (read + write) ({rates.note})")  # fmt: skip
-                header = _header(o, name, environment(), rates)
-            pool = _kv_pool(o, case, bench_model.config.block_size)
-            model_for_case = bench_model
-            if pool is not None:
-                model_for_case = replace(bench_model, config=bench_model.config.with_overrides(num_kv_blocks=pool.blocks))
-            work = generate(case.spec)
-            saving = analytic_saving(work, bench_model.config.min_prefix_tokens)
-            display.note(f"{case.spec.name}: {work.num_requests:,} requests, {len(systems)} systems x "
-                         f"({int(o.warmup)} warm-up + {o.repeats} timed) runs on {bench_model.name}"
-                         + (f", KV pool {pool.tokens:,} tokens ({pool.source})" if pool else ""))  # fmt: skip
-            options = BenchOptions(repeats=o.repeats, warmup=o.warmup, rates=rates, profile=o.profile)
-            on_event = _events(display, model_for_case.config, rates, o)
-            res = run_workload(model_for_case, work, systems, options, on_event)
-            report = BenchReport(
-                workload=workload_record(work, saving) | {"kv_pool_share": _pool_share(work, res, model_for_case)},
-                model=bench_model.name,
-                device=model_for_case.config.device,
-                dtype=model_for_case.config.dtype,
-                runs=tuple(res.runs),
-                environment=header["environment"],
-                kv_pool=None if pool is None else pool.to_dict(),
-                work={s: w.to_dict() for s, w in res.work.items()},
-                profiles=res.profiles,
-                targets=case.targets,
-            )
-            reports.append(report)
-            saved.path, saved.count = write_document(out_path, reports, header), len(reports)
-            _print_report(out_console, report)
-    saved.running = ""
-    out_console.print(f"results written to {out_path}")
-    _plot(out_path, err)
-
-
-def _events(display: Any, config: Any, rates: Any, o: _Args) -> Any:
-    from batchllm_cli.bench.estimate import estimate_s
-
-    def on_event(system: str, event: str, payload: Any) -> None:
-        if event == "counted":
-            if not config.is_cuda and payload:
-                runs = o.repeats + int(o.warmup) + int(o.profile)
-                display.note(f"estimate on this CPU: about {estimate_s(payload, rates, runs):,.0f} s for this workload")
-            return
-        display.event(system, event, payload)
-
-    return on_event
-
-
-def _pool_share(work: Any, res: Any, bench_model: Any) -> float | None:
-    """The pool's size over the workload's prompt KV (logical tokens): below 1, a prefix cache
-    must evict."""
-    pools = {r.kv_pool_blocks for r in res.runs if r.kv_pool_blocks}
-    if not pools or not work.logical_prefill_tokens:
-        return None
-    return round(min(pools) * bench_model.config.block_size / work.logical_prefill_tokens, 4)
+    console.print(f"systems: {', '.join(session.systems)}")
 
 
 def _print_report(console: Console, report: BenchReport) -> None:
@@ -339,48 +269,6 @@ def _plot(out_path: Path, err: Console) -> None:
         return
     path = write_plot(json.loads(out_path.read_text()), out_path.with_suffix(".png"))
     err.print(f"plot written to {path}")
-
-
-def _header(o: _Args, name: str, env: dict[str, str], rates: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "command": "batchllm bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 and sys.argv[1] == "bench" else None,
-        "suite": o.suite,
-        "scale": o.scale,
-        "requests": o.requests,
-        "repeats": o.repeats,
-        "order": "interleaved: round r runs every system once, in the systems' order",
-        "warmup": "each system ran the whole workload once, untimed, before the timed runs" if o.warmup else "none",
-        "rates": rates.to_dict(),
-        "environment": env,
-    }
-
-
-def _kv_pool(o: _Args, case: Case, block_size: int) -> KvPool | None:
-    from batchllm_cli.bench.kv_pool import KvPool, kv_pool_like, kv_pool_of_tokens
-
-    if o.kv_tokens is not None:
-        return kv_pool_of_tokens(o.kv_tokens, block_size)
-    if o.kv_pool_like is not None:
-        return kv_pool_like(o.kv_pool_like, block_size)
-    if o.kv_blocks is not None:
-        return KvPool(o.kv_blocks * block_size, o.kv_blocks, f"--kv-blocks {o.kv_blocks}")
-    if case.kv_pool_like is not None:
-        return kv_pool_like(case.kv_pool_like, block_size)
-    return None
-
-
-def _default_block_size() -> int:
-    """The engine's block size (configs/engine/default.toml; the same on every device)."""
-    from batchllm_cli.engine.config import load_engine_config
-
-    return load_engine_config("cpu").block_size
-
-
-def _model_name(model: str | None) -> str:
-    from batchllm_cli.bench.model import bench_source
-
-    return str(bench_source(model).name)
 
 
 def _load_document(path: Path) -> dict[str, Any]:
