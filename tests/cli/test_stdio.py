@@ -5,12 +5,16 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import pytest
 
+from batchllm_cli.cli.stdio import SPOOL_PREFIX, input_file
 from batchllm_cli.errors import InputError, OutputError
 from batchllm_cli.io.writer import StreamWriter
 
@@ -101,3 +105,71 @@ def test_a_closed_reader_is_one_output_error() -> None:
             StreamWriter(fd=write_end).write({"id": "a", "text": "x"})
     finally:
         os.close(write_end)
+
+
+def _records_of(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_inputs_that_cannot_be_read_twice_are_copied_first(tmp_path: Path, five: bytes) -> None:
+    """Process substitution and /dev/stdin on a pipe: read once into a private copy, so the job's
+    two passes and its fingerprint see every line (not "no input lines: nothing to do")."""
+    src = tmp_path / "five.jsonl"
+    src.write_bytes(five)
+    cmd = f"{sys.executable} -m batchllm_cli run <(cat {src}) -o sub.jsonl {' '.join(TINY)} -q"
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, timeout=300, cwd=tmp_path, env=ENV)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert len(_records_of(tmp_path / "sub.jsonl")) == 5
+    proc = _batchllm("run", "/dev/stdin", "-o", "dev.jsonl", *TINY, stdin=five, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"nothing to do" not in proc.stderr
+    assert sorted(r["id"] for r in _records_of(tmp_path / "dev.jsonl")) == sorted(_texts(five))
+    assert json.loads((tmp_path / "dev.jsonl.batchllm.json").read_text())["records"] == 5
+
+
+def test_a_fifo_is_copied_and_its_copy_removed(tmp_path: Path, five: bytes) -> None:
+    """input_file() on a FIFO yields a regular file with what the writer sent; the copy lives in
+    a private folder that is gone afterwards."""
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(five,))
+    writer.start()
+    with input_file(fifo) as (path, name):
+        assert path.is_file() and path.read_bytes() == five and name == str(fifo)
+        assert (path.parent.stat().st_mode & 0o777) == 0o700
+        folder = path.parent
+    writer.join()
+    assert not folder.exists()
+
+
+def test_spools_left_by_a_killed_run_are_removed_by_the_next(tmp_path: Path) -> None:
+    """A kill -9 skips the spool's removal; the next batchllm that reads an input removes the
+    copies of processes that no longer run (and leaves those of live ones)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    root = Path(tempfile.gettempdir())
+    stale = root / f"{SPOOL_PREFIX}{dead.pid}-test"
+    live = root / f"{SPOOL_PREFIX}{os.getpid()}-test"
+    for folder in (stale, live):
+        folder.mkdir(exist_ok=True)
+        (folder / "input.jsonl").write_bytes(b"{}\n")
+    try:
+        src = tmp_path / "in.jsonl"
+        src.write_bytes(b"{}\n")
+        with input_file(src):
+            pass
+        assert not stale.exists() and live.exists()
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(live, ignore_errors=True)
+
+
+def test_a_spool_of_another_run_is_not_an_input(tmp_path: Path) -> None:
+    folder = Path(tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-"))
+    try:
+        (folder / "input.jsonl").write_bytes(b"{}\n")
+        with pytest.raises(InputError, match="temporary copy"):
+            with input_file(folder / "input.jsonl"):
+                pass
+    finally:
+        shutil.rmtree(folder)

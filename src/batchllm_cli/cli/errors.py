@@ -55,9 +55,11 @@ def handled() -> Iterator[None]:
     except BatchLLMError as exc:
         error_line(str(exc))
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        error_line("interrupted; run the same command again to resume")
-        raise typer.Exit(EXIT_SIGINT) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a stop signal raised as one (with its exit code)
+        name = getattr(exc, "signal_name", None)
+        error_line(f"stopped by {name}; run the same command again to resume" if name
+                   else "interrupted; run the same command again to resume")
+        raise typer.Exit(getattr(exc, "exit_code", EXIT_SIGINT)) from None
     except MemoryError:
         error_line("out of memory: lower --token-budget or run a smaller input")
         raise typer.Exit(EXIT_BUG) from None
