@@ -42,8 +42,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _prompts_by_id() -> dict[str, str]:
-    return {json.loads(x)["id"]: json.loads(x)["prompt"] for x in SAMPLE.read_text().splitlines() if x.strip()}
+def _prompts_by_id() -> dict[str, list[dict[str, str]]]:
+    """The sample file's chat messages by id."""
+    return {json.loads(x)["id"]: json.loads(x)["messages"] for x in SAMPLE.read_text().splitlines() if x.strip()}
 
 
 def test_report_figures_agree_with_the_token_ids(planned):
@@ -54,7 +55,8 @@ def test_report_figures_agree_with_the_token_ids(planned):
     plan = Plan.from_json(plan_file.read_bytes())
     prompts = list(_prompts_by_id().values())
     source = resolve_model(None)
-    ids = Tokenizer.load(source.tokenizer_dir, source.tokenizer_gguf_file).encode_batch(prompts)
+    tokenizer = Tokenizer.load(source.tokenizer_dir, source.tokenizer_gguf_file)
+    ids = [tokenizer.encode_chat(m) for m in prompts]
     assert report["num_requests"] == len(prompts) == plan.num_requests
     assert report["logical_prefill_tokens"] == sum(len(x) for x in ids)
     # processed = each group's prefix once + every member's distinct part, from the ids
@@ -71,7 +73,8 @@ def test_report_figures_agree_with_the_token_ids(planned):
     assert sum(d * n for d, n in report["degree_histogram"]) == len(prompts)
     assert report["lru_saving_ratio"] is not None and report["lru_saving_ratio"] <= report["saving_ratio"]
     top = report["top_groups"][0]
-    assert top["prefix_preview"] and prompts[top["members"][0]].startswith(top["prefix_preview"][:40])
+    text = " ".join(tokenizer.decode(ids[top["members"][0]]).split())
+    assert top["prefix_preview"] and text.startswith(top["prefix_preview"][:40])
 
 
 def test_table_report_shows_the_saving(planned):

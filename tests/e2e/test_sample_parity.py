@@ -1,8 +1,10 @@
 """The sample job: greedy outputs with prefix sharing on == off == HF transformers.
 
-sample_data/prompts.jsonl holds a few documents and instructions with several questions on
-each; the reference (tests/e2e/data/hf_greedy_sample.json, made by scripts/make_hf_reference.py
---jsonl) generated each prompt alone with AutoModelForCausalLM, 16 new tokens.
+The reference (tests/e2e/data/hf_greedy_sample.json, made by scripts/make_hf_reference.py
+--jsonl from the plain-prompt version of sample_data/prompts.jsonl, before the sample file
+became chat messages) holds its 50 prompts (a few documents and instructions with several
+questions on each), their token ids, and each one's greedy output from AutoModelForCausalLM
+alone, 16 new tokens.
 
 Both runs cover all 50 prompts (sharing off recomputes every prefix: 4.3x the prefill tokens).
 """
@@ -39,9 +41,14 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_sample_file_is_what_the_reference_was_made_from(reference):
+def test_sample_file_asks_what_the_reference_asked(reference):
+    """The sample file's chat lines carry the reference's prompts: the document and instruction as
+    the system message, the question (or the message to classify) as the user's."""
     lines = [json.loads(x) for x in (ROOT / "sample_data" / "prompts.jsonl").read_text().splitlines() if x.strip()]
-    assert [(x["id"], x["prompt"]) for x in lines] == [(r["id"], r["prompt"]) for r in reference["records"]]
+    assert [x["id"] for x in lines] == [r["id"] for r in reference["records"]]
+    for x, r in zip(lines, reference["records"]):
+        system, user = (m["content"] for m in x["messages"])
+        assert r["prompt"].startswith(system + "\n\n") and user.removeprefix("Message: ") in r["prompt"]
 
 
 def _outputs(llm, requests, plan) -> dict[str, list[int]]:
