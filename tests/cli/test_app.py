@@ -32,10 +32,25 @@ def test_run_help_has_every_option_and_examples() -> None:
     for option in ("--output", "--model", "--max-tokens", "--temperature", "--top-p", "--top-k", "--seed",
                    "--stop", "--strict", "--overwrite", "--plan", "--no-prefix-sharing", "--token-budget",
                    "--device", "--quiet", "--min-p", "--presence-penalty", "--frequency-penalty",
-                   "--repetition-penalty", "--logprobs", "--min-tokens", "--n"):
+                   "--repetition-penalty", "--logprobs", "--min-tokens", "--samples", "--threads"):
         assert option in result.output, option
     assert "batchllm run sample_data/prompts.jsonl -o out.jsonl" in result.output
     assert "resume" in result.output
+
+
+def test_help_reads_as_unix_help() -> None:
+    """Arguments in capitals, flags without a value type, one -n, every exit code of run."""
+    for command in ("run", "plan", "bench", "models"):
+        shown = runner.invoke(app, [command, "--help"], terminal_width=200).output
+        assert "<bool>" not in shown and "<str>" not in shown and "list[" not in shown, command
+        assert "{" not in shown.split("\n", 3)[1], command  # the usage line: INPUT, not {input}
+    run_help = runner.invoke(app, ["run", "--help"], terminal_width=200).output
+    assert "Usage: batchllm run [OPTIONS] INPUT" in run_help
+    assert "--samples" in run_help and " --n " not in run_help
+    codes = run_help[run_help.index("Exit codes"):]
+    for code in ("0", "1", "2", "3", "4", "5", "6", "7", "8", "130", "143"):
+        assert f" {code} " in codes, code
+    assert "<bool>" not in runner.invoke(app, ["--help"], terminal_width=200).output
 
 
 def test_usage_error_exits_2_without_a_traceback() -> None:

@@ -20,9 +20,11 @@ from batchllm_cli.io.job import JobProgress
 runner = CliRunner()
 
 
-def _progress(done: int, total: int = 10, elapsed: float = 5.0) -> JobProgress:
-    return JobProgress(done, total, resumed=0, errors=0, prompt_tokens=100, prefill_tokens=20,
-                       output_tokens=50 * done, elapsed_s=elapsed)
+def _progress(done: int, total: int = 10, elapsed: float = 5.0, prefill: int = 20, output: int | None = None,
+              prompt_left: int | None = None, output_left: int | None = None) -> JobProgress:
+    return JobProgress(done, total, resumed=0, errors=0, prompt_tokens=100, prefill_tokens=prefill,
+                       output_tokens=50 * done if output is None else output, elapsed_s=elapsed,
+                       prefix_tokens_saved=80, prompt_left=prompt_left, output_left=output_left)
 
 
 def test_log_reporter_prints_phases_and_throttled_progress() -> None:
@@ -35,7 +37,7 @@ def test_log_reporter_prints_phases_and_throttled_progress() -> None:
     lines = buf.getvalue().splitlines()
     assert len(lines) == 3 and all(" batchllm: " in line for line in lines)
     assert lines[0].endswith("loading the model")
-    assert "2/10 requests, 100 output tokens (20.0/s), ETA 0:00:20, prefix tokens saved 80 (80%)" in lines[1]
+    assert "2/10 requests, 100 output tokens (20.0/s), ETA ?, prefix tokens saved 80 (80%)" in lines[1]
     assert "10/10 requests" in lines[2] and "ETA 0:00:00" in lines[2]
 
 
@@ -43,36 +45,46 @@ def test_rich_reporter_shows_requests_rate_eta_and_saving() -> None:
     buf = io.StringIO()
     with RichReporter(Console(file=buf, width=200, force_terminal=True)) as rep:
         rep.phase("running")
-        rep.progress(_progress(4))
+        rep.progress(_progress(2, elapsed=2.0, output_left=100))
+        rep.progress(_progress(4, elapsed=4.0, output_left=50))  # 100 output tokens in 2 s
     shown = buf.getvalue()
-    for part in ("running", "4/10 requests", "40.0 tok/s", "ETA 0:00:08", "prefix saved 80 (80%)"):
+    for part in ("running", "4/10 requests", "50.0 tok/s", "ETA 0:00:01", "prefix saved 80 (80%)"):
         assert part in shown, part
     assert "None" not in shown
 
 
-def test_eta_follows_the_recent_pace() -> None:
-    eta = Eta(window_s=30.0)
-    # Steady: 1 request/s for 60 s of 100 -> 40 s left, whatever the window.
-    for t in range(0, 61, 10):
-        shown = eta(_progress(t, total=100, elapsed=float(t)))
-    assert shown == "0:00:40"
-    # Draining: 3 more requests in the next 30 s (0.1/s) -> 37 left take 370 s, not the
-    # 37 s that the whole-run average (63 in 90 s) would say.
-    for t, done in ((70, 61), (80, 62), (90, 63)):
-        shown = eta(_progress(done, total=100, elapsed=float(t)))
-    assert shown == "0:06:10"
-    # Nothing finished in the last window: unknown; all done: zero.
-    for t in (100, 110, 120):
-        shown = eta(_progress(63, total=100, elapsed=float(t)))
-    assert shown == "?"
-    assert eta(_progress(100, total=100, elapsed=130.0)) == "0:00:00"
+def test_eta_is_the_work_left_at_the_recent_cost_of_each_kind_of_token() -> None:
+    eta = Eta(window_s=100.0)
+    # Steps that cost 0.001 s a prompt token and 0.01 s an output token, in two mixes.
+    t = prefill = output = 0
+    for _ in range(30):
+        for dp, do in ((200, 10), (100, 50)):
+            t, prefill, output = t + 0.001 * dp + 0.01 * do, prefill + dp, output + do
+            shown = eta.seconds(_progress(1, total=10, elapsed=t, prefill=prefill, output=output,
+                                          prompt_left=10_000 - prefill, output_left=2000 - output))
+    assert shown == pytest.approx(0.001 * 1000 + 0.01 * 200, rel=0.05)  # neither cost alone would say it
 
 
-def test_eta_is_unknown_before_the_first_request_finishes() -> None:
+def test_eta_follows_a_slower_pace_then_only_counts_down() -> None:
+    eta = Eta(window_s=5.0)
+    t, output, left = 0.0, 0, 800
+    shown = []
+    for step in range(150):  # a batch draining: output tokens get dearer (0.01 s, then 0.04 s)
+        cost = 0.01 if step < 20 else 0.04
+        t, output, left = t + 4 * cost, output + 4, left - 4
+        shown.append(eta.seconds(_progress(1, total=10, elapsed=t, output=output, prefill=0, prompt_left=0,
+                                           output_left=left)))
+    assert shown[-1] == pytest.approx(0.04 * left, rel=0.05)  # the new pace
+    tail = shown[100:]
+    assert all(b <= a for a, b in zip(tail, tail[1:]))  # at a steady pace: only down
+
+
+def test_eta_is_unknown_before_the_pace_and_zero_at_the_end() -> None:
     eta = Eta()
     assert eta(_progress(0, total=10, elapsed=0.0)) == "?"
-    assert eta(_progress(0, total=10, elapsed=5.0)) == "?"
-    assert eta(_progress(5, total=10, elapsed=10.0)) == "0:00:10"  # the run is shorter than a window
+    assert eta(_progress(0, total=10, elapsed=5.0)) == "?"  # nothing finished yet: no pace
+    assert eta(_progress(5, total=10, elapsed=10.0)) == "0:00:05"  # 5 requests in 5 s: 5 left
+    assert eta(_progress(10, total=10, elapsed=20.0)) == "0:00:00"
 
 
 def test_make_reporter_picks_by_terminal_and_quiet() -> None:

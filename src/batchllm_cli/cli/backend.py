@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from batchllm_cli.cli.work_left import WorkLeft
 from batchllm_cli.errors import InputError
 from batchllm_cli.io.fields import FieldError
 from batchllm_cli.io.reader import BadLine, InputRecord, Kind
@@ -192,6 +193,12 @@ def reused_only(stream: Iterable[Completion], computing: dict[int, int]) -> Iter
         yield replace(c, shared_prefix_tokens=max(0, c.shared_prefix_tokens - own)) if own else c
 
 
+def computing_of(shards: Iterable[Any]) -> dict[int, int]:
+    """computing_members over the shards (or chunks) of a job, by job index: a group split
+    between shards is computed once in each."""
+    return {int(s.job_index[m]): p for s in shards for m, p in computing_members(s.plan).items()}
+
+
 def _is_openai(rec: InputRecord) -> bool:
     return rec.kind.startswith("openai")
 
@@ -223,8 +230,10 @@ class EngineBackend:
         on_phase: Callable[[str], None] = lambda text: None,
         devices: list[str] | None = None,
         default_n: int = 1,
+        ray: Any = None,  # a distributed.ray_job.RayCluster: run on its actors
     ) -> None:
         self.model = model
+        self.ray = ray
         self.default_n = default_n
         self.extra_requests = 0  # samples beyond the first of each pending line (known after prepare)
         self.config = config
@@ -267,8 +276,15 @@ class EngineBackend:
         # of the pending requests, by engine index: kind, sample number, samples of the line, line
         kinds, samples, counts = (bytes(x for x, p in zip(col, tok.pending) if p) for col in (tok.kinds, tok.samples, tok.counts))
         lines = array("l", (x for x, p in zip(tok.lines, tok.pending) if p))
-        stream = self._stream(tok, on_progress) if len(self.devices) == 1 else self._stream_parallel(tok, on_progress)
-        return gather_samples(stream, kinds, samples, counts, lines)
+        work = WorkLeft([r for r, p in zip(tok.requests, tok.pending) if p])  # what the ETA is made of
+        progress = work.reporting(on_progress)
+        if self.ray is not None:
+            stream = self._stream_ray(tok, progress)
+        elif len(self.devices) == 1:
+            stream = self._stream(tok, progress)
+        else:
+            stream = self._stream_parallel(tok, progress)
+        return gather_samples(work.tap(stream), kinds, samples, counts, lines)
 
     def _stream(self, tok: Tokenized, on_progress: Callable[[Any], None]) -> Iterator[Completion]:
         from batchllm_cli.engine.llm import LLM
@@ -288,6 +304,26 @@ class EngineBackend:
     def _stream_parallel(self, tok: Tokenized, on_progress: Callable[[Any], None]) -> Iterator[Completion]:
         """One engine per device, each in its own process (engine/parallel.py)."""
         from batchllm_cli.engine.parallel import shard_plan, stream_parallel
+
+        requests, plan = self._whole_plan(tok)
+        shards = shard_plan(requests, plan, self.devices)
+        self.on_phase(f"running on {len(shards)} devices ({', '.join(s.device for s in shards)})")
+        return reused_only(stream_parallel(self.model, self.config, shards, on_progress), computing_of(shards))
+
+    def _stream_ray(self, tok: Tokenized, on_progress: Callable[[Any], None]) -> Iterator[Completion]:
+        """Chunks of whole prefix groups on the actors of a Ray cluster (distributed/ray_job.py)."""
+        from batchllm_cli.distributed.ray_job import shard_chunks, stream_ray
+
+        requests, plan = self._whole_plan(tok)
+        sharding, chunks = shard_chunks(requests, plan, self.ray.workers)
+        split = f", {sharding.split_groups} groups split to balance them" if sharding.split_groups else ""
+        where = f"; dashboard {self.ray.dashboard_url}" if self.ray.dashboard_url else ""
+        self.on_phase(f"running {len(chunks)} chunks of {len(sharding.shards)} shards{split} on Ray{where}")
+        stream = stream_ray(self.ray, self.model, self.config, chunks, len(requests), on_progress)
+        return reused_only(stream, computing_of(chunks))
+
+    def _whole_plan(self, tok: Tokenized) -> tuple[list[Request], Any]:
+        """The pending requests and their plan, made here once for engines elsewhere."""
         from batchllm_cli.planner import PlanSettings, build_plan
 
         if self._plan is not None:
@@ -297,10 +333,8 @@ class EngineBackend:
             self.on_phase("planning")
             # groups depend on the prefix settings only, not on the pool size
             plan = build_plan(requests, PlanSettings.from_engine(self.config, PlanSettings.num_kv_blocks))
-        shards = shard_plan(requests, plan, self.devices)
         self._tokenized = None
-        self.on_phase(f"running on {len(shards)} devices ({', '.join(s.device for s in shards)})")
-        return reused_only(stream_parallel(self.model, self.config, shards, on_progress), computing_members(plan))
+        return requests, plan
 
 
 def plan_size(path: Path) -> int:

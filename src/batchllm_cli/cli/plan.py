@@ -9,6 +9,9 @@ import typer
 from rich.console import Console
 
 from batchllm_cli.cli.errors import handled
+from batchllm_cli.cli.threads import THREADS_HELP
+
+MAX_TOKENS = 256  # run's default --max-tokens too
 
 PLAN_EPILOG = """\
 Examples:
@@ -19,20 +22,22 @@ Examples:
 
   batchllm plan prompts.jsonl --format json | jq .saving_ratio
 
-Use the same --model, --max-tokens, --n and prefix options as the run the plan is for.
+Use the same --model, --max-tokens, --samples and --no-prefix-sharing as the run the plan is
+for: with --json, the command to run the plan is printed with them.
 """
 
 
 def plan(
-    input: Annotated[Path, typer.Argument(help="JSONL file, as for `batchllm run` (- reads standard input).", show_default=False)],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Preset, .gguf file or model directory (its tokenizer and context). Default: the embedded SmolLM2-135M.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full plan here, for `batchllm run --plan`.")] = None,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Default max_tokens of the run (orders groups, sizes KV).")] = 256,
+    input: Annotated[Path, typer.Argument(metavar="INPUT", help="JSONL file, as for `batchllm run` (- reads standard input).", show_default=False)],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME|PATH", help="Preset, .gguf file or model directory (its tokenizer and context). Default: the embedded SmolLM2-135M.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", metavar="FILE", help="Write the full plan here, for `batchllm run --plan`.")] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, metavar="N", help="Default max_tokens of the run (orders groups, sizes KV).")] = MAX_TOKENS,
     no_prefix_sharing: Annotated[bool, typer.Option("--no-prefix-sharing", help="Plan every prompt alone (the baseline).")] = False,
-    n: Annotated[int, typer.Option("--n", "-n", min=1, max=128, help="Samples of each line that has no n of its own, as for the run.")] = 1,
-    device: Annotated[Optional[str], typer.Option(help="Device whose KV pool the memory estimate uses (of a list, the first); default: cuda when present.")] = None,
-    top: Annotated[int, typer.Option(min=0, help="How many of the biggest groups to show.")] = 10,
-    format: Annotated[str, typer.Option("--format", help="table (for people) or json (the report on stdout, for scripts).")] = "table",
+    n: Annotated[int, typer.Option("--samples", "-n", min=1, max=128, metavar="N", help="Samples of each line that has no n of its own, as for the run.")] = 1,
+    device: Annotated[Optional[str], typer.Option(metavar="DEVICE", help="Device whose KV pool the memory estimate uses (of a list, the first); default: cuda when present.")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, metavar="N", help=THREADS_HELP, show_default=False)] = None,
+    top: Annotated[int, typer.Option(min=0, metavar="N", help="How many of the biggest groups to show.")] = 10,
+    format: Annotated[str, typer.Option("--format", metavar="table|json", help="table (for people) or json (the report on stdout, for scripts).")] = "table",
 ) -> None:
     """Show how the prompts of INPUT share prefixes and what that saves, without running a model.
 
@@ -49,7 +54,7 @@ def plan(
         from batchllm_cli.cli.stdio import input_file
 
         with input_file(input) as (in_path, in_name):
-            report = make_plan(in_path, model, max_tokens, not no_prefix_sharing, device, n)
+            report = make_plan(in_path, model, max_tokens, not no_prefix_sharing, device, n, threads)
         if json_out is not None:
             _write_plan(json_out, report.plan.to_json())
         if format == "json":
@@ -65,7 +70,8 @@ def plan(
 
         console.print(plan_report(report, top))
         if json_out is not None:
-            console.print(f"plan written to {json_out}; run it with `batchllm run {input} -o OUT --plan {json_out}`")
+            command = run_command(input, json_out, model, max_tokens, no_prefix_sharing, n)
+            console.print(f"plan written to {json_out}; run it with `{command}`", highlight=False, markup=False)
 
 
 class PlanReport:
@@ -86,11 +92,32 @@ class PlanReport:
         return text if len(text) <= chars else text[: chars - 1] + "…"
 
 
+def run_command(
+    input: Path, plan_file: Path, model: str | None, max_tokens: int, no_prefix_sharing: bool, samples: int
+) -> str:
+    """The `batchllm run` command that runs a plan made with these options: it repeats every
+    option the plan depends on (the rest of run's options are free)."""
+    import shlex
+
+    words = ["batchllm", "run", str(input), "-o", "OUT", "--plan", str(plan_file)]
+    if model is not None:
+        words += ["--model", model]
+    if max_tokens != MAX_TOKENS:
+        words += ["--max-tokens", str(max_tokens)]
+    if samples != 1:
+        words += ["--samples", str(samples)]
+    if no_prefix_sharing:
+        words.append("--no-prefix-sharing")
+    return shlex.join(words)
+
+
 def make_plan(
-    input: Path, model: str | None, max_tokens: int, sharing: bool, device: str | None, default_n: int = 1
+    input: Path, model: str | None, max_tokens: int, sharing: bool, device: str | None, default_n: int = 1,
+    threads: int | None = None,
 ) -> PlanReport:
     """Reads and tokenizes INPUT exactly as `batchllm run` does, and plans it."""
     from batchllm_cli.cli.backend import tokenize_records, tokenizing_progress
+    from batchllm_cli.cli.threads import set_threads
     from batchllm_cli.engine.config import load_engine_config
     from batchllm_cli.engine.runner import kv_pool_blocks
     from batchllm_cli.engine.tokenizer import Tokenizer
@@ -104,6 +131,7 @@ def make_plan(
 
         device = parse_devices(device)[0]
     config = load_engine_config(device, prefix_sharing=sharing)
+    set_threads(threads, config)  # the tokenizer's threads
     source = resolve_model(model)
     tokenizer = Tokenizer.load(source.tokenizer_dir, source.tokenizer_gguf_file)
     bad = 0

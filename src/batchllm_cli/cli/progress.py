@@ -15,32 +15,81 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from batchllm_cli.io.job import JobProgress, SilentReporter
 
 LOG_EVERY_S = 10.0  # seconds between plain progress lines: frequent enough for a log, not noisy
-ETA_WINDOW_S = 30.0  # the requests finished in this much recent engine time set the ETA's pace
+ETA_WINDOW_S = 10.0  # the steps of this much recent engine time set the ETA's pace
+# How the shown ETA follows the model: it counts down by itself and moves this share of the way to
+# the model's figure at each report (less when the model says later: one slow step, a moment of
+# load on a shared machine, should not throw the figure back), so that noise barely shows.
+ETA_FOLLOW_DOWN, ETA_FOLLOW_UP = 0.3, 0.1
 
 
 class Eta:
-    """Time left at the recent pace: requests finished over the last ETA_WINDOW_S seconds (over
-    the whole run until it is that long). A batch finishes requests in waves and slows down as it
-    drains at the end, where the whole-run average would read low; "?" while nothing finished in
-    the window."""
+    """Time left from a model of the work left: JobProgress.prompt_left and output_left (prompt
+    tokens still to compute, output tokens still allowed) at the recent cost of each kind.
+
+    The costs are fitted to the recent reports (elapsed = a * prompt tokens computed + b * output
+    tokens, least squares over the last ETA_WINDOW_S): prefill and decode cost very differently a
+    token, and as a batch drains at the end each output token costs more, which the recent fit
+    sees. Without them (a backend that does not know), requests left at the recent pace of
+    finished requests. "?" until a pace is known."""
 
     def __init__(self, window_s: float = ETA_WINDOW_S) -> None:
         self.window_s = window_s
-        self._samples: deque[tuple[float, int]] = deque()  # (elapsed_s, requests_done)
+        self._last: JobProgress | None = None
+        self._steps: deque[tuple[float, float, float, float]] = deque()  # (at, seconds, prompt, output)
+        self._cost = (0.0, 0.0)  # seconds per prompt token, per output token (the last fit)
+        self._shown: tuple[float, float] | None = None  # (seconds left shown, at elapsed_s)
+
+    def seconds(self, p: JobProgress) -> float | None:
+        """The ETA in seconds, None while unknown."""
+        if p.requests_total and p.requests_done >= p.requests_total:
+            return 0.0
+        last, self._last = self._last, p
+        if last is not None and p.elapsed_s > last.elapsed_s:
+            if p.output_left is None:  # one "token" a finished request
+                self._steps.append((p.elapsed_s, p.elapsed_s - last.elapsed_s, 0.0, p.requests_done - last.requests_done))
+            else:
+                self._steps.append((p.elapsed_s, p.elapsed_s - last.elapsed_s, p.prefill_tokens - last.prefill_tokens,
+                                    p.output_tokens - last.output_tokens))
+        while self._steps and p.elapsed_s - self._steps[0][0] > self.window_s:
+            self._steps.popleft()
+        self._fit()
+        a, b = self._cost
+        if p.output_left is None:
+            left = b * (p.requests_total - p.requests_done) if b > 0 else None
+        else:
+            left = a * (p.prompt_left or 0) + b * p.output_left if b > 0 else None
+        if left is None:
+            return None if self._shown is None else self._countdown(p.elapsed_s)
+        if self._shown is not None:
+            ahead = self._countdown(p.elapsed_s)
+            left = ahead + (ETA_FOLLOW_DOWN if left < ahead else ETA_FOLLOW_UP) * (left - ahead)
+        self._shown = (left, p.elapsed_s)
+        return left
+
+    def _fit(self) -> None:
+        """Least squares of seconds = a * prompt + b * output over the window (a, b >= 0)."""
+        spp = spo = soo = spt = sot = 0.0
+        for _, dt, dp, do in self._steps:
+            spp, spo, soo, spt, sot = spp + dp * dp, spo + dp * do, soo + do * do, spt + dp * dt, sot + do * dt
+        det = spp * soo - spo * spo
+        if det > 1e-9 * max(1.0, spp * soo):
+            a, b = (spt * soo - sot * spo) / det, (sot * spp - spt * spo) / det
+            if a >= 0 and b >= 0:
+                self._cost = (a, b)
+                return
+        if soo > 0:  # decode only (or a fit that went negative): all the time on the output tokens
+            self._cost = (self._cost[0], sot / soo)
+        elif spp > 0:
+            self._cost = (spt / spp, self._cost[1])
+
+    def _countdown(self, elapsed_s: float) -> float:
+        assert self._shown is not None
+        shown, at = self._shown
+        return max(0.0, shown - (elapsed_s - at))
 
     def __call__(self, p: JobProgress) -> str:
-        if p.requests_total and p.requests_done >= p.requests_total:
-            return _clock(0.0)
-        self._samples.append((p.elapsed_s, p.requests_done))
-        while len(self._samples) > 1 and p.elapsed_s - self._samples[1][0] >= self.window_s:
-            self._samples.popleft()  # keep one sample at least a window old
-        start_s, start_done = self._samples[0]
-        if p.elapsed_s - start_s < self.window_s:
-            start_s, start_done = 0.0, 0
-        done, span = p.requests_done - start_done, p.elapsed_s - start_s
-        if done <= 0 or span <= 0:
-            return "?"
-        return _clock((p.requests_total - p.requests_done) * span / done)
+        seconds = self.seconds(p)
+        return "?" if seconds is None else _clock(seconds)
 
 
 def _clock(seconds: float) -> str:

@@ -92,10 +92,9 @@ class JobProgress:
     prefill_tokens: int
     output_tokens: int
     elapsed_s: float  # since the engine started
-
-    @property
-    def prefix_tokens_saved(self) -> int:
-        return max(0, self.prompt_tokens - self.prefill_tokens)
+    prefix_tokens_saved: int = 0  # the engine's: prompt tokens of completed prefills it did not compute
+    prompt_left: int | None = None  # prompt tokens still to compute, when the backend knows
+    output_left: int | None = None  # output tokens still allowed (max_tokens less those made), when known
 
 
 @dataclass
@@ -226,10 +225,11 @@ def _run_job(
             def on_progress(p: Any) -> None:
                 summary.requests = counter.good - rejected_count + extra
                 summary.engine_s = p.elapsed_s
-                summary.prefix_tokens_saved = max(0, p.prompt_tokens - p.prefill_tokens)
+                summary.prefix_tokens_saved = p.prefix_tokens_saved
                 rep.progress(
                     JobProgress(p.requests_done, summary.requests, summary.resumed, summary.errors,
-                                p.prompt_tokens, p.prefill_tokens, p.output_tokens, p.elapsed_s)
+                                p.prompt_tokens, p.prefill_tokens, p.output_tokens, p.elapsed_s,
+                                p.prefix_tokens_saved, getattr(p, "prompt_left", None), getattr(p, "output_left", None))
                 )
                 stop_check()
 

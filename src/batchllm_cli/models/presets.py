@@ -65,9 +65,13 @@ def get_preset(name: str) -> Preset | None:
 
 def list_presets() -> list[PresetInfo]:
     """Name, description, source and parameter count of every preset, for `batchllm models`."""
+    from types import SimpleNamespace
+
     from batchllm_cli.models.config import ModelConfig
 
+    # the TOML's fields as they are (what make_hf_config adds are defaults the shape does not
+    # use): no transformers import, so `batchllm models` prints at once
     return [
-        PresetInfo(p.name, p.description, p.source, ModelConfig.from_hf(p.make_hf_config()).num_params())
+        PresetInfo(p.name, p.description, p.source, ModelConfig.from_hf(SimpleNamespace(**p.hf_config)).num_params())
         for p in load_presets().values()
     ]
