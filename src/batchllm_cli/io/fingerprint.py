@@ -9,12 +9,11 @@ speed (token budget, prefix sharing, device of the same dtype) are not.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchllm_cli.errors import ConfigError, OutputError
+from batchllm_cli.errors import OutputError
 from batchllm_cli.io.reader import open_input
 
 # 2: ids keep their JSON type (an output of version 1 named the int id 7 "7": resuming it would
@@ -33,21 +32,6 @@ def file_sha256(path: str | Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-INT64_MAX = 2**63 - 1
-
-
-def check_settings(settings: dict[str, Any]) -> None:
-    """ConfigError for a setting the sidecar (JSON) cannot hold exactly: an integer beyond 64
-    bits, a float that is not finite (inf would come back as null, and never match again)."""
-    for name, value in settings.items():
-        for item in value if isinstance(value, (list, tuple)) else (value,):
-            bad = (isinstance(item, int) and not isinstance(item, bool) and not -INT64_MAX <= item <= INT64_MAX) or (
-                isinstance(item, float) and not math.isfinite(item))
-            if bad:
-                raise ConfigError(f"--{name.replace('_', '-')} {item} is out of range (a finite number "
-                                  f"within +-{INT64_MAX:,})")
-
-
 @dataclass(frozen=True)
 class JobFingerprint:
     """The input and settings an output file belongs to."""
@@ -56,25 +40,32 @@ class JobFingerprint:
     input_size: int
     model: str  # a preset name, or the resolved path of a model file or directory
     settings: tuple[tuple[str, Any], ...]  # sorted (name, value) pairs
+    # where the job ran ("ray (auto): 8 shards on 8 GPU actors"), for people: never compared
+    # (a job resumes on another cluster or locally) and not part of the tag
+    runner: str = ""
 
     @classmethod
     def make(cls, input_path: str | Path, model: str, settings: dict[str, Any]) -> "JobFingerprint":
-        check_settings(settings)
         sha, size = file_sha256(input_path)
         return cls(sha, size, model, tuple(sorted(settings.items())))
 
     @property
     def tag(self) -> str:
         """A short id of this job (seeds the ids of OpenAI output objects)."""
-        return hashlib.sha256(repr(self.to_dict()).encode()).hexdigest()[:16]
+        doc = self.to_dict()
+        doc.pop("runner", None)
+        return hashlib.sha256(repr(doc).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc = {
             "version": FINGERPRINT_VERSION,
             "input": {"sha256": self.input_sha256, "size": self.input_size},
             "model": self.model,
             "settings": dict(self.settings),
         }
+        if self.runner:
+            doc["runner"] = self.runner
+        return doc
 
     @classmethod
     def from_dict(cls, doc: Any) -> "JobFingerprint":
@@ -88,6 +79,7 @@ class JobFingerprint:
                 int(doc["input"]["size"]),
                 str(doc["model"]),
                 tuple(sorted((str(k), v) for k, v in settings.items())),
+                str(doc.get("runner", "")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise OutputError(f"damaged fingerprint ({type(exc).__name__}: {exc})") from exc

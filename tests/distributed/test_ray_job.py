@@ -1,0 +1,128 @@
+"""`batchllm run --ray` on a local Ray cluster that the test starts (ray.init(num_cpus=2): two
+CPU actors), the tiny random-weight model, greedy: the same records as one process, every id
+once after the driver or an actor is killed with SIGKILL mid-job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="the ray extra is part of .[test]: pip install -e '.[test]'")
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "sample_data" / "prompts.jsonl"
+ARGS = ["--model", "tiny-llama", "--device", "cpu", "--quiet"]
+# a cluster of this test only, on the loopback address: no token to hand the drivers
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
+
+
+@pytest.fixture(scope="module")
+def address():  # type: ignore[no-untyped-def]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+        try:
+            yield ray.get_runtime_context().gcs_address
+        finally:
+            ray.shutdown()
+
+
+def _cmd(output: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "batchllm_cli", "run", str(SAMPLE), "-o", str(output), *ARGS, *extra]
+
+
+def _run(output: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(_cmd(output, *extra), capture_output=True, text=True, timeout=600, env=ENV)
+
+
+def _records(path: Path) -> dict[str, dict]:
+    """The output's records by id; fails on a repeated id."""
+    out: dict[str, dict] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        rec = json.loads(line)
+        assert rec["id"] not in out, f"id {rec['id']} written twice (line {n})"
+        out[rec["id"]] = rec
+    return out
+
+
+def _answers(records: dict[str, dict]) -> dict[str, tuple]:
+    return {k: (r["text"], r["finish_reason"], r["usage"]["prompt_tokens"]) for k, r in records.items()}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, tuple]:  # type: ignore[no-untyped-def]
+    out = tmp_path_factory.mktemp("one") / "one.jsonl"
+    proc = _run(out, "--max-tokens", "24")
+    assert proc.returncode == 0, proc.stderr
+    return _answers(_records(out))
+
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def _start_and_wait_for_records(output: Path, address: str) -> subprocess.Popen:
+    """A `--ray` driver, once it has written some records but not all."""
+    proc = subprocess.Popen(_cmd(output, "--max-tokens", "24", "--ray", address), env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while _lines(output) == 0:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "no record within 300 s"
+        time.sleep(0.05)
+    return proc
+
+
+def test_ray_output_equals_one_process(tmp_path: Path, address: str, reference: dict) -> None:
+    out = tmp_path / "ray.jsonl"
+    proc = _run(out, "--max-tokens", "24", "--ray", address)
+    assert proc.returncode == 0, proc.stderr
+    records = _records(out)
+    assert len(records) == 50 and _answers(records) == reference
+    side = json.loads((tmp_path / "ray.jsonl.batchllm.json").read_text())
+    assert side["complete"] and side["runner"].startswith(f"ray ({address}): 2 shards on 2 CPU actors")
+
+
+def test_driver_killed_mid_job_then_rerun_gives_every_id_once(tmp_path: Path, address: str, reference: dict) -> None:
+    out = tmp_path / "ray.jsonl"
+    proc = _start_and_wait_for_records(out, address)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    kept = _lines(out)
+    assert 0 < kept < 50, kept  # killed mid-job: some records kept, some to do
+    assert not json.loads((tmp_path / "ray.jsonl.batchllm.json").read_text())["complete"]
+    again = _run(out, "--max-tokens", "24", "--ray", address)
+    assert again.returncode == 0, again.stderr
+    assert _answers(_records(out)) == reference
+
+
+def _actor_pids() -> list[int]:
+    """Processes of our Ray Data actors (Ray names them after the callable class)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"ShardRunner" in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_an_actor_killed_mid_job_is_replaced_and_no_record_is_written_twice(tmp_path: Path, address: str, reference: dict) -> None:
+    out = tmp_path / "ray.jsonl"
+    proc = _start_and_wait_for_records(out, address)
+    pids = _actor_pids()
+    assert pids, "no ShardRunner actor process found"
+    os.kill(pids[0], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    assert _answers(_records(out)) == reference
