@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from batchllm_cli.cli.work_left import WorkLeft
 from batchllm_cli.errors import InputError
 from batchllm_cli.io.fields import FieldError
 from batchllm_cli.io.reader import BadLine, InputRecord, Kind
@@ -275,13 +276,15 @@ class EngineBackend:
         # of the pending requests, by engine index: kind, sample number, samples of the line, line
         kinds, samples, counts = (bytes(x for x, p in zip(col, tok.pending) if p) for col in (tok.kinds, tok.samples, tok.counts))
         lines = array("l", (x for x, p in zip(tok.lines, tok.pending) if p))
+        work = WorkLeft([r for r, p in zip(tok.requests, tok.pending) if p])  # what the ETA is made of
+        progress = work.reporting(on_progress)
         if self.ray is not None:
-            stream = self._stream_ray(tok, on_progress)
+            stream = self._stream_ray(tok, progress)
         elif len(self.devices) == 1:
-            stream = self._stream(tok, on_progress)
+            stream = self._stream(tok, progress)
         else:
-            stream = self._stream_parallel(tok, on_progress)
-        return gather_samples(stream, kinds, samples, counts, lines)
+            stream = self._stream_parallel(tok, progress)
+        return gather_samples(work.tap(stream), kinds, samples, counts, lines)
 
     def _stream(self, tok: Tokenized, on_progress: Callable[[Any], None]) -> Iterator[Completion]:
         from batchllm_cli.engine.llm import LLM

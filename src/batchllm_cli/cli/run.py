@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import signal
+from contextlib import ExitStack
 from dataclasses import replace
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 
 from batchllm_cli.cli.errors import EXIT_LINES_FAILED, handled
+from batchllm_cli.cli.interrupts import RunningWatch, StopSignals
+from batchllm_cli.cli.plan import MAX_TOKENS
+from batchllm_cli.cli.threads import THREADS_HELP
 
 RUN_EPILOG = """\
 Examples:
@@ -29,39 +31,45 @@ Examples:
   jq -c '{id, prompt: .question}' data.jsonl | batchllm run - -o - -q | jq -r .text
 
 Run the same command again after a crash or Ctrl-C: finished lines are kept and skipped.
-Exit codes: 0 all answered, 2 bad input, 3 output refused, 8 some lines failed (their error
-records are in the output), 130/143 interrupted (resumable).
+Ctrl-C stops after the current engine step (a second Ctrl-C at once).
+
+Exit codes: 0 every line answered; 1 a bug (BATCHLLM_DEBUG=1 shows the traceback); 2 input
+error (missing file, duplicate ids, bad lines under --strict) or a wrong option; 3 output
+refused or unwritable; 4 model error; 5 config error; 6 plan error (--plan of another job);
+7 KV capacity error; 8 done, but some lines were bad (their error records are in the output);
+130 / 143 interrupted by SIGINT / SIGTERM (run again to resume).
 """
 
 
 def run(
-    input: Annotated[Path, typer.Argument(help="JSONL file: one prompt, chat or OpenAI batch line per line; - reads standard input.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write one JSON result per input line; - writes them to standard output (no resume).", show_default=False)],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Preset name (see `batchllm models`), .gguf file or model directory. Default: the embedded SmolLM2-135M.")] = None,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Most new tokens per request (a line's max_tokens wins).")] = 256,
-    min_tokens: Annotated[int, typer.Option(min=0, help="No EOS and no stop string before this many new tokens (a line's min_tokens wins).")] = 0,
-    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy (deterministic); a line's temperature wins.")] = 0.0,
-    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling cut (1 = off).")] = 1.0,
-    top_k: Annotated[int, typer.Option(min=0, help="Top-k sampling cut (0 = off).")] = 0,
-    seed: Annotated[int, typer.Option(help="Job seed: a line without its own seed samples from (seed, line number), so results never depend on batching.")] = 0,
-    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable).")] = None,
-    min_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Drop tokens less likely than min_p x the most likely one (0 = off).")] = 0.0,
-    presence_penalty: Annotated[float, typer.Option(min=-2.0, max=2.0, help="Subtracted from the logit of every token already in the output (OpenAI's).")] = 0.0,
-    frequency_penalty: Annotated[float, typer.Option(min=-2.0, max=2.0, help="Subtracted once per occurrence in the output so far (OpenAI's).")] = 0.0,
-    repetition_penalty: Annotated[float, typer.Option(min=0.01, help="Logits of prompt and output tokens divided by it (1 = off; 1.1 discourages repeats).")] = 1.0,
-    n: Annotated[int, typer.Option("--n", "-n", min=1, max=128, help="Samples of each prompt (a line's n wins); a line's record then lists them as choices.")] = 1,
-    logprobs: Annotated[Optional[int], typer.Option(min=0, max=20, help="Report each output token's logprob and the N most likely tokens (a line's logprobs wins).", show_default=False)] = None,
+    input: Annotated[Path, typer.Argument(metavar="INPUT", help="JSONL file: one prompt, chat or OpenAI batch line per line; - reads standard input.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="OUTPUT", help="Where to write one JSON result per input line; - writes them to standard output (no resume).", show_default=False)],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME|PATH", help="Preset name (see `batchllm models`), .gguf file or model directory. Default: the embedded SmolLM2-135M.")] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, metavar="N", help="Most new tokens per request (a line's max_tokens wins).")] = MAX_TOKENS,
+    min_tokens: Annotated[int, typer.Option(min=0, metavar="N", help="No EOS and no stop string before this many new tokens (a line's min_tokens wins).")] = 0,
+    temperature: Annotated[float, typer.Option(min=0.0, metavar="T", help="0 = greedy (deterministic); a line's temperature wins.")] = 0.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, metavar="P", help="Nucleus sampling cut (1 = off).")] = 1.0,
+    top_k: Annotated[int, typer.Option(min=0, metavar="K", help="Top-k sampling cut (0 = off).")] = 0,
+    seed: Annotated[int, typer.Option(metavar="N", help="Job seed: a line without its own seed samples from (seed, line number), so results never depend on batching.")] = 0,
+    stop: Annotated[Optional[list[str]], typer.Option("--stop", metavar="TEXT", help="Stop string; repeat the option for more than one.")] = None,
+    min_p: Annotated[float, typer.Option(min=0.0, max=1.0, metavar="P", help="Drop tokens less likely than min_p x the most likely one (0 = off).")] = 0.0,
+    presence_penalty: Annotated[float, typer.Option(min=-2.0, max=2.0, metavar="X", help="Subtracted from the logit of every token already in the output (OpenAI's).")] = 0.0,
+    frequency_penalty: Annotated[float, typer.Option(min=-2.0, max=2.0, metavar="X", help="Subtracted once per occurrence in the output so far (OpenAI's).")] = 0.0,
+    repetition_penalty: Annotated[float, typer.Option(min=0.01, metavar="X", help="Logits of prompt and output tokens divided by it (1 = off; 1.1 discourages repeats).")] = 1.0,
+    n: Annotated[int, typer.Option("--samples", "-n", min=1, max=128, metavar="N", help="Samples of each prompt (a line's n wins); a line's record then lists them as choices.")] = 1,
+    logprobs: Annotated[Optional[int], typer.Option(min=0, max=20, metavar="N", help="Report each output token's logprob and the N most likely tokens (a line's logprobs wins).", show_default=False)] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Check every line first; any bad line stops the job before the model loads.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start OUTPUT over instead of resuming it.")] = False,
-    plan: Annotated[Optional[Path], typer.Option("--plan", help="Run a plan written by `batchllm plan --json` (checked against this input).")] = None,
+    plan: Annotated[Optional[Path], typer.Option("--plan", metavar="FILE", help="Run a plan written by `batchllm plan --json` (checked against this input).")] = None,
     no_prefix_sharing: Annotated[bool, typer.Option("--no-prefix-sharing", help="Compute every prompt whole (to measure what sharing buys).")] = False,
-    token_budget: Annotated[Optional[int], typer.Option(min=1, help="Tokens per engine step (default: configs/engine/default.toml for the device).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda[:N]; default: cuda when present. A comma list (cuda:0,cuda:1) runs one engine per device, the prefix groups shared out between them.")] = None,
+    token_budget: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Tokens per engine step (default: configs/engine/default.toml for the device).")] = None,
+    device: Annotated[Optional[str], typer.Option(metavar="DEVICE", help="cpu or cuda[:N]; default: cuda when present. A comma list (cuda:0,cuda:1) runs one engine per device, the prefix groups shared out between them.")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, metavar="N", help=THREADS_HELP, show_default=False)] = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS", help="Run on a Ray cluster (needs the ray extra of batchllm-cli): local starts one on this machine, auto or HOST:PORT joins one. One engine per GPU (per CPU with --device cpu), whole prefix groups shared out between them.", show_default=False)] = None,
     errors: Annotated[Optional[Path], typer.Option("--errors", metavar="FILE", help="Write failed lines there (OpenAI's error-file shape) and only successes to OUTPUT; resumed with it.", show_default=False)] = None,
     served_model_name: Annotated[Optional[list[str]], typer.Option("--served-model-name", metavar="NAME", help="A model name OpenAI bodies may ask for (repeatable); a line naming another gets a 404 model_not_found record. Default: any name is answered.", show_default=False)] = None,
     ordered: Annotated[bool, typer.Option("--ordered", help="Write the records in input order (held in a bounded window, spilled to disk past it; resumable).")] = False,
     allow_bad_lines: Annotated[bool, typer.Option("--allow-bad-lines", help="Exit 0 when the job finished with some bad lines (their error records are data), not 8.")] = False,
-    ray: Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS", help="Run on a Ray cluster (needs the ray extra of batchllm-cli): local starts one on this machine, auto or HOST:PORT joins one. One engine per GPU (per CPU with --device cpu), whole prefix groups shared out between them.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary; errors only.")] = False,
 ) -> None:
     """Answer every prompt of INPUT into OUTPUT, sharing the prompts' common prefixes.
@@ -70,11 +78,13 @@ def run(
     is written and flushed as its request finishes; run the same command again to resume.
     """
     console = Console(stderr=True)
-    with handled():
+    # signals first: a Ctrl-C while the imports below run stops at once, without a traceback
+    with StopSignals() as stop_flag, handled():
         from batchllm_cli.cli.backend import EngineBackend
         from batchllm_cli.cli.progress import make_reporter
         from batchllm_cli.cli.render import job_summary_table
         from batchllm_cli.cli.stdio import input_file
+        from batchllm_cli.cli.threads import set_threads
         from batchllm_cli.engine.config import load_engine_config
         from batchllm_cli.engine.parallel import parse_devices
         from batchllm_cli.errors import PlanError
@@ -97,6 +107,9 @@ def run(
             devices[0] if devices else device, token_budget=token_budget,
             prefix_sharing=not no_prefix_sharing, seed=seed,
         )
+        set_threads(threads, config)
+        if _random_weights(model) and not quiet:
+            console.print(f"[yellow]warning:[/] {model} has random weights: text is meaningless, use for speed only", highlight=False)
         settings = {
             "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k,
             "seed": seed, "stop": list(defaults.stop), "dtype": config.dtype,
@@ -112,25 +125,27 @@ def run(
             settings["ordered"] = True
         if served_model_name:
             settings["served_model_names"] = sorted(set(served_model_name))
-        with input_file(input) as (in_path, in_name):
-            fingerprint = JobFingerprint.make(in_path, model_key(model), settings)
-            cluster = None if ray is None else _ray_cluster(ray, config.device, devices)
-            if cluster is not None:  # the sidecar says where the job ran
-                fingerprint = replace(fingerprint, runner=cluster.describe())
+        with ExitStack() as inputs:
+            with stop_flag.at_once():  # copying a pipe or hashing a big file: stop right there
+                in_path, in_name = inputs.enter_context(input_file(input))
+                fingerprint = JobFingerprint.make(in_path, model_key(model), settings)
+                cluster = None if ray is None else _ray_cluster(ray, config.device, devices)
+                if cluster is not None:  # the sidecar says where the job ran
+                    fingerprint = replace(fingerprint, runner=cluster.describe())
             opts = JobOptions(in_path, output, fingerprint, strict=strict, overwrite=overwrite, errors_path=errors,
                               ordered=ordered, served_models=frozenset(served_model_name) if served_model_name else None)
-            with make_reporter(console, quiet) as reporter, _stop_on_signals() as stop_flag:
+            with make_reporter(console, quiet) as reporter:
                 try:
                     summary = run_job(
                         opts,
                         lambda: EngineBackend(model, config, defaults, plan, on_phase=reporter.phase,
                                               devices=devices, default_n=n, ray=cluster),
-                        reporter,
+                        RunningWatch(reporter, stop_flag),
                         should_stop=stop_flag.get,
                     )
                 except PlanError as exc:
                     fix = f"batchllm plan {input} --json {plan}"
-                    same = "--model, --max-tokens, --n and --no-prefix-sharing"
+                    same = "--model, --max-tokens, --samples and --no-prefix-sharing"
                     raise PlanError(f"{exc}\n  to plan this run: `{fix}` with the same {same}") from None
         if summary.lines == 0:
             console.print(f"[yellow]warning:[/] {in_name} has no input lines: nothing to do", highlight=False)
@@ -155,6 +170,14 @@ def run(
 _OFF = {"min_tokens": 0, "min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "logprobs": None}
 
 
+def _random_weights(model: str | None) -> bool:
+    """Whether `model` names a random-weight preset (its text means nothing)."""
+    from batchllm_cli.models.presets import get_preset
+
+    preset = get_preset(model) if model else None
+    return preset is not None and preset.source == "random"
+
+
 def _ray_cluster(address: str, device: str, devices: list[str] | None) -> Any:
     """--ray: the cluster the job runs on (distributed/ray_job.py), connected now."""
     from batchllm_cli.distributed.ray_job import connect
@@ -166,38 +189,12 @@ def _ray_cluster(address: str, device: str, devices: list[str] | None) -> Any:
 
 
 def model_key(model: str | None) -> str:
-    """The model as the fingerprint names it: a preset name, or a file's resolved path."""
-    if model is None:
-        return "smollm2"
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else model
+    """The model as the fingerprint (and the sidecar) names it: the preset's own name (the
+    default and aliases too: `smollm2-135m`), or a file's resolved path."""
+    from batchllm_cli.models.presets import DEFAULT_PRESET, get_preset
 
-
-class _StopFlag:
-    """The name of the first stop signal received, read by the job between engine steps."""
-
-    def __init__(self) -> None:
-        self.name: str | None = None
-
-    def get(self) -> str | None:
-        return self.name
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[_StopFlag]:
-    """SIGINT/SIGTERM ask the job to stop after the current step (the output stays whole);
-    a second one stops at once."""
-    flag = _StopFlag()
-    names = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
-
-    def on_signal(signum: int, frame: Any) -> None:
-        if flag.name is not None:
-            raise KeyboardInterrupt
-        flag.name = names[signum]
-
-    previous = {s: signal.signal(s, on_signal) for s in names}
-    try:
-        yield flag
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    path = Path(model).expanduser() if model is not None else None
+    if path is not None and path.exists():
+        return str(path.resolve())
+    preset = get_preset(model or DEFAULT_PRESET)
+    return preset.name if preset is not None else str(model)
