@@ -9,11 +9,12 @@ speed (token budget, prefix sharing, device of the same dtype) are not.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchllm_cli.errors import OutputError
+from batchllm_cli.errors import ConfigError, OutputError
 from batchllm_cli.io.reader import open_input
 
 # 2: ids keep their JSON type (an output of version 1 named the int id 7 "7": resuming it would
@@ -32,6 +33,21 @@ def file_sha256(path: str | Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+INT64_MAX = 2**63 - 1
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    """ConfigError for a setting the sidecar (JSON) cannot hold exactly: an integer beyond 64
+    bits, a float that is not finite (inf would come back as null, and never match again)."""
+    for name, value in settings.items():
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            bad = (isinstance(item, int) and not isinstance(item, bool) and not -INT64_MAX <= item <= INT64_MAX) or (
+                isinstance(item, float) and not math.isfinite(item))
+            if bad:
+                raise ConfigError(f"--{name.replace('_', '-')} {item} is out of range (a finite number "
+                                  f"within +-{INT64_MAX:,})")
+
+
 @dataclass(frozen=True)
 class JobFingerprint:
     """The input and settings an output file belongs to."""
@@ -46,6 +62,7 @@ class JobFingerprint:
 
     @classmethod
     def make(cls, input_path: str | Path, model: str, settings: dict[str, Any]) -> "JobFingerprint":
+        check_settings(settings)
         sha, size = file_sha256(input_path)
         return cls(sha, size, model, tuple(sorted(settings.items())))
 
