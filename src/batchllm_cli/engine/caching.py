@@ -48,10 +48,10 @@ class CachingScheduler(Scheduler):
             raise ValueError(f"unknown caching policy {policy!r}")
         singles = [PrefixGroup(0, (r.index,)) for r in requests]  # no plan: every request alone
         super().__init__(requests, singles, pool, block_size=block_size, token_budget=token_budget,
-                         memory_bound=memory_bound)
+                         memory_bound=memory_bound,
+                         max_running=VLLM_MAX_RUNNING if policy == "vllm-like" else None)
         self.policy = policy
         self.cache = PrefixCache(pool, block_size)
-        self.max_running = VLLM_MAX_RUNNING if policy == "vllm-like" else None
         self._waiting: deque[int] = deque(r.index for r in requests)  # file order
 
     def _free_blocks(self) -> int:
@@ -98,9 +98,11 @@ class CachingScheduler(Scheduler):
 
 
 def make_scheduler(
-    policy: str, requests: Sequence[Request], groups: Sequence[PrefixGroup], pool: BlockPool, **settings: object
+    policy: str, requests: Sequence[Request], groups: Sequence[PrefixGroup], pool: BlockPool,
+    max_running: int | None = None, **settings: object,
 ) -> Scheduler:
-    """BatchLLM's group scheduler over the plan's groups, or a peer's caching scheduler."""
+    """BatchLLM's group scheduler over the plan's groups (at most `max_running` admitted
+    requests), or a peer's caching scheduler (their own caps)."""
     if policy == "batchllm":
-        return Scheduler(requests, groups, pool, **settings)  # type: ignore[arg-type]
+        return Scheduler(requests, groups, pool, max_running=max_running, **settings)  # type: ignore[arg-type]
     return CachingScheduler(requests, pool, policy=policy, **settings)  # type: ignore[arg-type]

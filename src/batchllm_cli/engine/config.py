@@ -25,6 +25,8 @@ class EngineConfig:
     kv_cache_gib: float = 1.0  # CPU pool size
     kv_cache_fraction: float = 0.85  # GPU: share of free memory after weights
     memory_bound: float = 0.95
+    # admission stops while this many requests are admitted (None: KV memory alone decides)
+    max_running: int | None = None
     min_prefix_tokens: int = 16
     prefix_sharing: bool = True
     cuda_graphs: bool = False
@@ -53,6 +55,8 @@ class EngineConfig:
             raise ConfigError(f"cpu_thread_share must be in (0, 1], got {self.cpu_thread_share}")
         if self.kv_cache_gib <= 0:
             raise ConfigError(f"kv_cache_gib must be positive, got {self.kv_cache_gib}")
+        if self.max_running is not None and self.max_running < 1:
+            raise ConfigError(f"max_running must be at least 1, got {self.max_running}")
         if self.min_prefix_tokens < 1:
             raise ConfigError(f"min_prefix_tokens must be at least 1, got {self.min_prefix_tokens}")
         if self.dtype not in ("float32", "bfloat16", "float16"):

@@ -57,6 +57,7 @@ def run_plan(
     memory_bound: float,
     on_progress: ProgressFn | None = None,
     policy: str = "batchllm",
+    max_running: int | None = None,
 ) -> Iterator[Completion]:
     """Executes `plan` on `runner`, yielding each request's Completion as soon as it finishes.
 
@@ -78,6 +79,7 @@ def run_plan(
         block_size=runner.config.block_size,
         token_budget=token_budget,
         memory_bound=memory_bound,
+        max_running=max_running,
     )
     ahead = 1 if runner.overlaps and not any(r.sampling.has_penalties for r in requests) else 0
     tally = _Tally(time.perf_counter(), len(requests))

@@ -17,7 +17,8 @@ from batchllm_cli.types import Completion, Request, SamplingParams
 
 Prompt = str | Sequence[dict] | Sequence[int] | np.ndarray
 # EngineConfig fields that only the scheduler and planner read (LLM.with_scheduling may change them)
-_SCHEDULING_FIELDS = frozenset({"policy", "prefix_sharing", "token_budget", "memory_bound", "min_prefix_tokens"})
+_SCHEDULING_FIELDS = frozenset({"policy", "prefix_sharing", "token_budget", "memory_bound", "min_prefix_tokens",
+                                "max_running"})
 
 
 class LLM:
@@ -162,6 +163,7 @@ class LLM:
             memory_bound=self.config.memory_bound,
             on_progress=on_progress,
             policy=self.config.policy,
+            max_running=self.config.max_running,
         )
 
     def generate(

@@ -57,11 +57,14 @@ class Scheduler:
         block_size: int,
         token_budget: int,
         memory_bound: float,
+        max_running: int | None = None,
     ) -> None:
         self.requests = requests
         self.pool = pool
         self.block_size = block_size
         self.token_budget = token_budget
+        # admission stops while this many requests are admitted and unfinished (None: memory only)
+        self.max_running = max_running
         # blocks that admitted work may hold at once
         self.block_limit = max(1, int(memory_bound * pool.num_blocks))
         self.groups = [
@@ -141,6 +144,11 @@ class Scheduler:
     # ---- scheduling ------------------------------------------------------------------------
 
     @property
+    def num_admitted(self) -> int:
+        """Requests holding blocks: started and unfinished, or reserved and waiting to start."""
+        return len(self._running) + sum(len(g.waiting) for g in self._open)
+
+    @property
     def has_work(self) -> bool:
         return self.num_finished < len(self.requests)
 
@@ -201,6 +209,8 @@ class Scheduler:
     def _admit_new(self, budget: int, items: list[StepItem], shared_id: Callable[[GroupState], int]) -> None:
         """Admits new groups in plan order with what is left of the step's token budget."""
         while budget > 0 and self._streaming is None and self._next_group < len(self.groups):
+            if self.max_running is not None and self.num_admitted >= self.max_running:
+                return
             group = self.groups[self._next_group]
             if not self._try_admit_group(group):
                 return
