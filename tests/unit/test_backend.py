@@ -179,3 +179,33 @@ def test_a_logit_bias_outside_the_vocabulary_is_a_bad_line() -> None:
     assert [r.id for r in tok.requests] == ["q1"]
     [bad] = tok.rejected
     assert (bad.line, bad.param, bad.code) == (2, "logit_bias", "invalid_field") and "200" in bad.message
+
+
+def test_a_plan_far_too_big_for_the_job_is_refused_before_parsing(tmp_path) -> None:
+    """A 44 MB plan for a job of 600 requests: refused from its size, without the ~40x its size
+    that parsing would take; a real plan of the job stays under the bound."""
+    import tracemalloc
+
+    from batchllm_cli.cli.backend import max_plan_bytes, read_plan
+
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.write(b'{"version": 1, "groups": [')
+        f.write(b"[0, [1]], " * 4_400_000)
+        f.write(b"[0, [1]]]}")
+    assert big.stat().st_size > 44_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(PlanError, match="more than a plan of this job's 600 requests"):
+            read_plan(big, 600)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
+    prefix = " ".join(["alpha"] * 20)
+    requests = _tokenize([(_plain(i + 1, f"{prefix} {'q' * (i % 7 + 1)} {i}"), False) for i in range(600)]).requests
+    plan = build_plan(requests, PlanSettings())
+    assert len(plan.to_json()) < max_plan_bytes(len(requests))
+    small = tmp_path / "plan.json"
+    small.write_bytes(plan.to_json())
+    assert read_plan(small, len(requests)).fingerprint == plan.fingerprint
