@@ -6,10 +6,12 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -140,6 +142,30 @@ def test_a_fifo_is_copied_and_its_copy_removed(tmp_path: Path, five: bytes) -> N
         folder = path.parent
     writer.join()
     assert not folder.exists()
+
+
+def test_sigterm_while_waiting_for_a_fifo_writer_stops_at_once(tmp_path: Path) -> None:
+    """A FIFO nobody writes to: the run waits in open(); one SIGTERM ends it with 143 at once,
+    nothing written."""
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, "-m", "batchllm_cli", "run", str(fifo), "-o", "out.jsonl", *TINY],
+                            stderr=subprocess.PIPE, cwd=tmp_path, env=ENV)
+    wchan = Path(f"/proc/{proc.pid}/wchan")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if wchan.exists() and "partner" in wchan.read_text():  # fifo_open -> wait_for_partner
+            break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.skip("could not see the process wait on the FIFO")
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=30)
+    assert code == 143 and time.monotonic() - sent < 5
+    assert proc.stderr is not None and b"Traceback" not in proc.stderr.read()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fifo"]
 
 
 def test_spools_left_by_a_killed_run_are_removed_by_the_next(tmp_path: Path) -> None:
