@@ -111,8 +111,9 @@ def _run_engine_systems(
     from batchllm_cli.engine.llm import LLM
 
     llm = LLM.from_loaded(bench.source, bench.model, config=bench.config)
+    views: dict[str, Any] = {}
     try:
-        views = {s: llm.with_scheduling(**ENGINE_SYSTEMS[s]) for s in systems}
+        views.update((s, llm.with_scheduling(**ENGINE_SYSTEMS[s])) for s in systems)
         requests = llm.make_requests(list(workload.prompts), sampling_for(workload))
         if options.count_work:
             cost = ModelCost.of(llm.model_config, llm.config.dtype)
@@ -137,6 +138,7 @@ def _run_engine_systems(
                 emit(s, "profile", None)
                 out.profiles[s] = profile_run(lambda s=s: _execute(views[s], workload, requests, s, None), llm.config.device)
     finally:
+        views.clear()  # the views hold the runner and its KV cache too
         del llm
         release_memory()
 
