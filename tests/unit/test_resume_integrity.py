@@ -15,8 +15,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchllm_cli.errors import ModelError, OutputError
+from batchllm_cli.errors import ModelError, OutputError, PlanError
 from batchllm_cli.io import writer as writer_mod
+from batchllm_cli.io.echo import EchoBackend
 from batchllm_cli.io.formats import dumps_line
 from batchllm_cli.io.job import JobInterrupted, run_job
 from batchllm_cli.io.lock import OutputLock, lock_path
@@ -278,3 +279,54 @@ def test_a_stop_signal_is_honoured_while_reading(tmp_path: Path) -> None:
     with pytest.raises(JobInterrupted) as exc:
         run_job(job_options(inp, out), factory, should_stop=stop_soon)
     assert exc.value.exit_code == 143 and factory.calls == 0 and not out.exists()
+
+
+class _PlanOfAnotherInput(EchoBackend):
+    """Reads every record (so the bad lines' error records are made), then finds the plan wrong."""
+
+    def prepare(self, records):  # type: ignore[no-untyped-def]
+        for _ in records:
+            pass
+        raise PlanError("the plan does not belong to this input")
+
+
+def test_overwrite_with_a_plan_found_wrong_after_reading_leaves_the_old_output(tmp_path: Path) -> None:
+    """--overwrite, an input with bad lines, and an argument found wrong only after the input was
+    read (a plan of another input): the old output and its sidecar stay byte for byte (the bad
+    lines' records were held, not written); with a good backend the job then runs."""
+    old = jsonl(tmp_path / "old.jsonl", [{"id": f"o{i}", "prompt": "old"} for i in range(4)])
+    out = tmp_path / "out.jsonl"
+    run_echo(job_options(old, out))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    new = jsonl(tmp_path / "new.jsonl", [b"{bad json", {"id": "n1", "prompt": "fine"}, b"[1]"])
+    before["new.jsonl"] = new.read_bytes()
+    with pytest.raises(PlanError):
+        run_job(job_options(new, out, {"temperature": 1.0}, overwrite=True), _PlanOfAnotherInput)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    run_echo(job_options(new, out, {"temperature": 1.0}, overwrite=True))
+    recs = read_records(out)
+    assert len(recs) == 3 and sum("error" in r for r in recs) == 2
+
+
+def test_a_stop_signal_is_honoured_while_tokenizing(tmp_path: Path) -> None:
+    """A backend that reads the whole input in prepare (as the engine tokenizes): a stop asked for
+    then ends the job within a few hundred lines, with nothing written."""
+    inp = jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "prompt": "p"} for i in range(20_000)])
+    out = tmp_path / "out.jsonl"
+    seen = {"lines": 0, "looks": 0}
+
+    class Counting(EchoBackend):
+        def prepare(self, records):  # type: ignore[no-untyped-def]
+            def counted():  # type: ignore[no-untyped-def]
+                for item in records:
+                    seen["lines"] += 1
+                    yield item
+            return super().prepare(counted())
+
+    def stop_in_pass_two() -> str | None:
+        seen["looks"] += 1
+        return "SIGINT" if seen["lines"] > 1000 else None
+
+    with pytest.raises(JobInterrupted) as exc:
+        run_job(job_options(inp, out), lambda: Counting(max_model_len=100), should_stop=stop_in_pass_two)
+    assert exc.value.exit_code == 130 and seen["lines"] < 1000 + 2 * 256 and not out.exists()

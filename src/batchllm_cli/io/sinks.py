@@ -113,10 +113,17 @@ class InOrder:
 
 class RecordSink:
     """Writes a job's records: failures to `errors` when given (else to `output`), successes to
-    `output`; through InOrder when `order` is given."""
+    `output`; through InOrder when `order` is given.
+
+    Failure records (bad lines) are held, up to MAX_HELD, until the first success or finish():
+    a job that fails while starting (a plan of another input, weights that do not load) then
+    leaves its output as it was, --overwrite included."""
+
+    MAX_HELD = 4096
 
     def __init__(self, output: Writer, errors: Writer | None = None, order: InOrder | None = None) -> None:
         self.output, self.errors, self.order = output, errors, order
+        self._held: list[dict[str, Any]] | None = []
 
     def write(self, line: int, record: dict[str, Any], failure: bool) -> None:
         if self.order is None:
@@ -126,13 +133,25 @@ class RecordSink:
             self._put(*item)
 
     def _put(self, failure: bool, record: dict[str, Any]) -> None:
+        if self._held is not None:
+            if failure and len(self._held) < self.MAX_HELD:
+                self._held.append(record)
+                return
+            self._release()
         (self.errors if failure and self.errors is not None else self.output).write(record)
 
+    def _release(self) -> None:
+        held, self._held = self._held or [], None
+        for record in held:
+            self._put(True, record)
+
     def finish(self) -> None:
-        """Writes whatever InOrder still holds (nothing, when every pending line got a record)."""
+        """Writes whatever InOrder still holds (nothing, when every pending line got a record),
+        and the held failure records."""
         if self.order is not None:
             for item in self.order.leftovers():
                 self._put(*item)
+        self._release()
 
     def close(self) -> None:
         if self.order is not None:
