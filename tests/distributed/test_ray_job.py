@@ -126,3 +126,17 @@ def test_an_actor_killed_mid_job_is_replaced_and_no_record_is_written_twice(tmp_
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr
     assert _answers(_records(out)) == reference
+
+
+def test_llm_predictor_answers_a_ray_data_pipeline_like_the_cli(address: str, reference: dict) -> None:
+    from batchllm_cli.distributed.predictor import LLMPredictor
+
+    rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
+    ds = ray.data.from_items([{"id": r["id"], "messages": r["messages"]} for r in rows])
+    out = ds.map_batches(
+        LLMPredictor, fn_constructor_kwargs={"model": "tiny-llama", "sampling": {"max_tokens": 24}, "device": "cpu"},
+        batch_size=64, concurrency=1, num_cpus=1,  # one batch: the whole file planned together
+    ).take_all()
+    got = {r["id"]: (r["generated_text"], r["finish_reason"], int(r["prompt_tokens"])) for r in out}
+    assert got == reference
+    assert sum(int(r["shared_prefix_tokens"]) for r in out) > 0
