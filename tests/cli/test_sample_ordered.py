@@ -65,3 +65,22 @@ def test_every_sample_line_gets_a_real_answer(ordered_run) -> None:
     records, _ = ordered_run
     empty = [r["id"] for r in records if not r["text"].strip()]
     assert empty == [] and len(records) == 50
+
+
+def test_bad_lines_exit_8_unless_allowed_and_go_to_the_errors_file(tmp_path: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"custom_id": "ok", "method": "POST", "url": "/v1/completions",
+                               "body": {"model": "tiny", "prompt": "Once upon"}}) + "\n{not json\n")
+    base = [sys.executable, "-m", "batchllm_cli", "run", str(inp), "--model", "tiny-llama", "--max-tokens", "2",
+            "-q", "--device", "cpu"]
+    plain = subprocess.run([*base, "-o", str(tmp_path / "a.jsonl")], env=ENV, capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 8, plain.stderr
+    err = tmp_path / "err.jsonl"
+    allowed = subprocess.run([*base, "-o", str(tmp_path / "b.jsonl"), "--errors", str(err), "--allow-bad-lines"],
+                             env=ENV, capture_output=True, text=True, timeout=300)
+    assert allowed.returncode == 0, allowed.stderr
+    assert [r["custom_id"] for r in _lines(tmp_path / "b.jsonl")] == ["ok"]
+    assert [(r["custom_id"], r["response"], r["error"]["line"]) for r in _lines(err)] == [(None, None, 2)]
+    empty_stop = subprocess.run([*base, "-o", str(tmp_path / "c.jsonl"), "--stop", ""], env=ENV, capture_output=True,
+                                text=True, timeout=300)
+    assert empty_stop.returncode == 2 and "stop string cannot be empty" in empty_stop.stderr

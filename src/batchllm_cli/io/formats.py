@@ -160,11 +160,6 @@ def _openai_envelope(job_tag: str, custom_id: str | int, status: int, body: dict
     }
 
 
-def is_failure(record: dict[str, Any]) -> bool:
-    """Whether an output record is a failed line's (error_record's), for the --errors split."""
-    return record.get("error") is not None or (record.get("response") or {}).get("status_code", 200) != 200
-
-
 def record_key(obj: Any) -> bytes | None:
     """The key (index.key_of) of an output record read back, None if it is not one of ours."""
     if not isinstance(obj, dict):
