@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLE = ROOT / "sample_data" / "prompts.jsonl"
+# The plain-prompt version of the sample job (base-model style, "...Answer:"): the embedded model
+# ends some answers at once and others later, so records are written all through a run and the
+# kills below land mid-job (the chat sample's answers all run to max_tokens and finish together).
+SAMPLE = ROOT / "tests" / "cli" / "data" / "plain_prompts.jsonl"
 ARGS = ["--max-tokens", "8", "--quiet"]
 # One torch thread: on a busy shared machine two threads that wait for each other at every small
 # decode op make a run up to 10x slower; every run of a test uses the same setting.

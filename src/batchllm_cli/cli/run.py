@@ -153,8 +153,8 @@ def run(
         if not quiet:
             console.print(job_summary_table(summary))
             for name, count in sorted(summary.requested_models.items()):
-                if not served_model_name:
-                    console.print(f"{count} line(s) named model {name!r}: answered by the model run "
+                if not served_model_name and name != summary.answered_by:
+                    console.print(f"{count} line(s) named model {name!r}: answered by {summary.answered_by} "
                                   "(--served-model-name makes other names a 404)", highlight=False)
         if summary.bad_lines:
             where = f"are in {errors}" if errors else "went to standard output" if output == STDIO else f"are in {output}"

@@ -117,6 +117,7 @@ class JobSummary:
     wall_s: float = 0.0
     interrupted: str | None = None  # the signal's name when stopped early
     requested_models: dict[str, int] = field(default_factory=dict)  # lines of this run by body model
+    answered_by: str | None = None  # the model name the responses give (known once the model is)
     _start: float = field(default_factory=time.perf_counter, repr=False)
 
     @property
@@ -234,7 +235,7 @@ def _run_job(
                 stop_check()
 
             # the name a response says answered: the first served name (as vLLM's), else the model's
-            answered_by = min(opts.served_models) if opts.served_models else backend.model_name
+            answered_by = summary.answered_by = min(opts.served_models) if opts.served_models else backend.model_name
             for kind, completions, line in backend.run(on_progress):
                 sink.write(line, completion_record(kind, completions, answered_by, tag), failure=False)
                 summary.completed += 1
@@ -269,7 +270,7 @@ def _errors_state(opts: JobOptions, state: ResumeState) -> ResumeState | None:
     path = opts.errors_path
     if path is None:
         return None
-    if path == STDIO or path == opts.output_path:
+    if path == STDIO or path.resolve() == opts.output_path.resolve():
         raise OutputError(f"--errors {path} must be a file other than the output")
     if state.mode == "fresh" or not path.exists():
         if path.exists() and path.stat().st_size and not opts.overwrite and state.mode == "fresh":
