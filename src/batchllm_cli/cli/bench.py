@@ -38,8 +38,8 @@ Examples:
   batchllm bench --readme-table results/paper.json                   # README table rows from a saved report
 
 Each system runs the whole workload once untimed (compiles, CUDA graphs), then --repeats timed
-runs, interleaved (A B C A B C ...); the table shows the median [min-max]. The JSON keeps every
-run; the PNG plot is written beside it when matplotlib is installed (batchllm-cli[plot]).
+runs, interleaved (A B C A B C ...); the table shows the median and the min-max. The JSON keeps
+every run; the PNG plot is written beside it when matplotlib is installed (the plot extra).
 Exit codes: 0 done, 2 bad option or unreadable report, 3 output unwritable, 4 model error,
 5 bad workload or setting, 7 KV pool too small, 130 interrupted (finished workloads are saved).
 """
@@ -83,7 +83,7 @@ class _Saved:
 def bench(
     workloads: Annotated[
         Optional[list[str]],
-        typer.Argument(help="Workloads of configs/workloads (e.g. peers-1b) or .toml files; none (and no --suite): list them.", show_default=False, metavar="[WORKLOAD]..."),
+        typer.Argument(help="Workloads of configs/workloads (e.g. peers-1b) or .toml files; none (and no --suite): list them.", show_default=False, metavar="WORKLOAD"),
     ] = None,
     suite: Annotated[Optional[str], typer.Option(help="A suite of cases (configs/workloads/suites): paper.", show_default=False)] = None,
     model: Annotated[
@@ -112,7 +112,7 @@ def bench(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cases, systems and runs that would run, and exit.")] = False,
 ) -> None:
     """Benchmark workloads: requests/s, output tokens/s, prefill computed, peak KV, steps, step fill
-    and the fraction of the roofline, per system; median [min-max] of repeated, interleaved runs."""
+    and the fraction of the roofline, per system: the median and the min-max of repeated, interleaved runs."""
     args = _Args(**{k: v for k, v in locals().items()})
     saved = _Saved()
     with handled():
