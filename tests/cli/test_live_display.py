@@ -120,7 +120,7 @@ def test_eta_counts_down_to_the_end_and_the_saving_never_drops(tmp_path: Path) -
 
 def test_two_ctrl_c_stop_at_once_without_a_traceback(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
-    term = Terminal("run", str(SAMPLE), "-o", str(out), "--max-tokens", "64")
+    term = Terminal("run", str(SAMPLE), "-o", str(out), "--max-tokens", "16")
     term.wait_for(r"\d+/50 requests", timeout=300)
     term.ctrl_c()
     time.sleep(0.3)

@@ -265,3 +265,12 @@ def test_bad_logit_bias_is_an_invalid_field(bias: Any) -> None:
 def test_logit_bias_is_read_as_sorted_pairs() -> None:
     rec = parse_obj({"prompt": "p", "logit_bias": {"17": -100, "3": 2.5}})
     assert isinstance(rec, InputRecord) and rec.sampling.logit_bias == ((3, 2.5), (17, -100.0))
+
+
+def test_invalid_json_says_where_in_the_line_words_a_user_can_find() -> None:
+    """The parser's own words ("invalid literal, expected 'null'") are not shown: the character
+    where the line stops being JSON and the text there are."""
+    bad = bad_line(None, 7, raw=b'{"id": "q7", prompt: "hi"}\n')
+    assert bad.describe() == "line 7: not valid JSON at character 14, near 'prompt: \"hi\"}'"
+    cut = bad_line(None, 3, raw=b'{"id": "q3", "prompt": "hi"\n')
+    assert cut.message == "not valid JSON: the line ends before its JSON does"

@@ -111,5 +111,10 @@ class JobFingerprint:
         mine, theirs = dict(self.settings), dict(other.settings)
         for name in sorted(set(mine) | set(theirs)):
             if mine.get(name) != theirs.get(name):
-                out.append(f"{name} {theirs.get(name)} -> {mine.get(name)}")
+                out.append(f"{name} {_shown(theirs.get(name))} -> {_shown(mine.get(name))}")
         return out
+
+
+def _shown(value: Any) -> str:
+    """A setting as a user wrote it: `unset` for an option that was not given."""
+    return "unset" if value is None else str(value)

@@ -86,6 +86,17 @@ class LineRules:
 PLAIN_RULES = LineRules()
 
 
+def _json_error(raw: bytes, pos: int) -> str:
+    """`not valid JSON at character 2, near 'not json'`: where the parser stopped, in the line's
+    own text (the parser's words, "expected 'null'", mean little to whoever wrote the line)."""
+    text = raw.decode("utf-8", "replace").rstrip("\r\n")
+    char = len(raw[:pos].decode("utf-8", "replace"))  # pos counts bytes
+    if char >= len(text):
+        return "not valid JSON: the line ends before its JSON does"
+    near = text[char : char + 20]
+    return f"not valid JSON at character {char + 1}, near {near!r}"
+
+
 def parse_line(raw: bytes, line: int, rules: LineRules = PLAIN_RULES) -> InputRecord | BadLine | None:
     """The record of one input line (its newline may be on it); None for a blank line."""
     if not raw or raw.isspace():
@@ -93,8 +104,7 @@ def parse_line(raw: bytes, line: int, rules: LineRules = PLAIN_RULES) -> InputRe
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        reason = str(exc).splitlines()[0]
-        return BadLine(line, None, "invalid_json", f"not valid JSON ({reason})", openai=rules.openai_file)
+        return BadLine(line, None, "invalid_json", _json_error(raw, exc.pos), openai=rules.openai_file)
     if not isinstance(obj, dict):
         message = f"a line must be a JSON object, got a {type(obj).__name__}"
         return BadLine(line, None, "invalid_json", message, openai=rules.openai_file)
