@@ -110,6 +110,8 @@ def stream_ray(
 ) -> Iterator[Completion]:
     """Runs the chunks (ShardCuts of one job of `num_requests`) on the cluster's actors;
     yields each Completion (job index) once, as its chunk comes back."""
+    if not chunks:  # every pending line was refused before the model (too long)
+        return
     ray = import_ray()
     import ray.data
 
