@@ -80,7 +80,9 @@ def test_n_samples_of_a_line_share_its_prompt_and_answer_as_choices(tmp_path: Pa
     sampled = recs["sampled"]
     assert [c["index"] for c in sampled["choices"]] == [0, 1, 2]
     assert len({c["text"] for c in sampled["choices"]}) > 1  # each sample has a seed of its own
-    assert sampled["usage"]["shared_prefix_tokens"] > 0  # the prompt is computed once for all three
+    # the prompt is computed once for all three, by one of the line's own samples: no token of it
+    # came from another line's computation (the saving shows in the run's figures below)
+    assert sampled["usage"]["shared_prefix_tokens"] == 0
     assert sampled["usage"]["completion_tokens"] <= 3 * 6
     greedy = [c["text"] for c in recs["greedy"]["choices"]]
     assert len(greedy) == 2 and greedy[0] == greedy[1]  # temperature 0: the same answer twice
@@ -88,6 +90,7 @@ def test_n_samples_of_a_line_share_its_prompt_and_answer_as_choices(tmp_path: Pa
     sidecar = json.loads(Path(str(out) + ".batchllm.json").read_text())
     assert sidecar["settings"]["n"] == 2 and sidecar["records"] == 3
     assert sidecar["last_run"]["requests"] == 7 and sidecar["last_run"]["completed"] == 3
+    assert sidecar["last_run"]["prefix_tokens_saved"] > 0
     prompts = {k: r["usage"]["prompt_tokens"] if "usage" in r else r["response"]["body"]["usage"]["prompt_tokens"]
                for k, r in recs.items()}
     # every sample's prompt counts, as the engine's prefix saving does (saved <= prompt tokens)

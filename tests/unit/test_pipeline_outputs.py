@@ -229,8 +229,12 @@ def test_in_order_releases_in_line_order_in_a_bounded_window() -> None:
     order = InOrder(iter(lines), window=5, bucket_lines=16)
     shuffled = lines[:]
     random.Random(3).shuffle(shuffled)
-    released = [rec["n"] for n in shuffled for _, rec in order.add(n, False, {"n": n})]
-    assert released == lines and order.spilled > 0
+    released, most_held = [], 0
+    for taken, n in enumerate(shuffled, 1):
+        released += [rec["n"] for _, rec in order.add(n, False, {"n": n})]
+        assert order.held == taken - len(released)  # what a stopped job has not written
+        most_held = max(most_held, order.held)
+    assert released == lines and order.spilled > 0 and order.held == 0 and most_held > 5
     assert list(order.leftovers()) == []
     order.close()
 

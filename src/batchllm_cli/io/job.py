@@ -118,6 +118,7 @@ class JobSummary:
     interrupted: str | None = None  # the signal's name when stopped early
     requested_models: dict[str, int] = field(default_factory=dict)  # lines of this run by body model
     answered_by: str | None = None  # the model name the responses give (known once the model is)
+    held_back: int = 0  # --ordered: finished records not written yet when the job stopped
     _start: float = field(default_factory=time.perf_counter, repr=False)
 
     @property
@@ -141,7 +142,7 @@ class JobInterrupted(BatchLLMError):
         self.signal_name = signal_name
         self.summary = summary
         self.exit_code = 143 if signal_name == "SIGTERM" else 130
-        done = summary.resumed + summary.completed + summary.errors
+        done = summary.resumed + summary.completed + summary.errors - summary.held_back
         if summary.output_path == STDIO:
             super().__init__(f"stopped by {signal_name}: {done} finished records went to standard output")
         else:
@@ -174,10 +175,13 @@ def _run_job(
     summary = JobSummary(output_path=opts.output_path)
     to_stdout = opts.output_path == STDIO
 
+    sink: RecordSink | None = None
+
     def stop_check() -> None:
         name = should_stop()
         if name is not None:
             summary.interrupted = name
+            summary.held_back = sink.held if sink is not None else 0  # lost: run again on resume
             raise JobInterrupted(name, _finish(summary))
 
     if to_stdout:

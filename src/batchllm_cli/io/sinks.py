@@ -46,9 +46,11 @@ class InOrder:
         self._far: dict[int, tuple[bool, dict[str, Any]]] = {}  # later lines, at most `window`
         self._dir: Path | None = None  # spill files, one per bucket: "<bucket>"
         self.spilled = 0  # records written to spill files (for tests and reports)
+        self.held = 0  # records taken and not released yet
 
     def add(self, line: int, failure: bool, record: dict[str, Any]) -> Iterator[tuple[bool, dict[str, Any]]]:
         """Takes one item; yields the (failure, record) items that can be written now, in order."""
+        self.held += 1
         if self._head is not None and self._bucket(line) > self._bucket(self._head):
             self._far[line] = (failure, record)
             if len(self._far) > self._window:
@@ -56,6 +58,7 @@ class InOrder:
             return
         self._near[line] = (failure, record)
         while self._head is not None and self._head in self._near:
+            self.held -= 1
             yield self._near.pop(self._head)
             self._advance()
 
@@ -102,6 +105,7 @@ class InOrder:
                     line, failure, record = orjson.loads(raw)
                     held[line] = (failure, record)
         self._near, self._far = {}, {}
+        self.held = 0
         for line in sorted(held):
             yield held[line]
 
@@ -131,6 +135,11 @@ class RecordSink:
             return
         for item in self.order.add(line, failure, record):
             self._put(*item)
+
+    @property
+    def held(self) -> int:
+        """Records taken and not written yet (--ordered: waiting for an earlier line)."""
+        return 0 if self.order is None else self.order.held
 
     def _put(self, failure: bool, record: dict[str, Any]) -> None:
         if self._held is not None:
