@@ -71,7 +71,7 @@ def plan(
         console.print(plan_report(report, top))
         if json_out is not None:
             command = run_command(input, json_out, model, max_tokens, no_prefix_sharing, n)
-            console.print(f"plan written to {json_out}; run it with `{command}`", highlight=False, markup=False)
+            console.print(f"plan written to {json_out}; run it with `{command}`", highlight=False, markup=False, soft_wrap=True)
 
 
 class PlanReport:
