@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -37,7 +37,7 @@ def plan(
     device: Annotated[Optional[str], typer.Option(metavar="DEVICE", help="Device whose KV pool the memory estimate uses (of a list, the first); default: cuda when present.")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, metavar="N", help=THREADS_HELP, show_default=False)] = None,
     top: Annotated[int, typer.Option(min=0, metavar="N", help="How many of the biggest groups to show.")] = 10,
-    format: Annotated[str, typer.Option("--format", metavar="table|json", help="table (for people) or json (the report on stdout, for scripts).")] = "table",
+    format: Annotated[Literal["table", "json"], typer.Option("--format", metavar="table|json", help="table (for people) or json (the report on stdout, for scripts).")] = "table",
 ) -> None:
     """Show how the prompts of INPUT share prefixes and what that saves, without running a model.
 
@@ -47,10 +47,6 @@ def plan(
     """
     console = Console()
     with handled():
-        if format not in ("table", "json"):
-            from batchllm_cli.errors import ConfigError
-
-            raise ConfigError(f"--format must be table or json, got {format!r}")
         from batchllm_cli.cli.stdio import input_file
 
         with input_file(input) as (in_path, in_name):
