@@ -276,3 +276,24 @@ def test_a_groups_first_member_reused_none_of_its_prefix() -> None:
     assert computing == {3: 10}
     out = {c.index: c.shared_prefix_tokens for c in reused_only([done(1, 10), done(3, 10), done(2, 10), done(0, 0)], computing)}
     assert out == {1: 10, 3: 0, 2: 10, 0: 0}  # summed: the prefix counted once per reuse, never for its computation
+
+
+def test_record_sink_counts_what_it_has_not_written() -> None:
+    """A stopped job reports the records in its output: not the failures held back until the
+    first answer, nor --ordered records waiting for an earlier line."""
+    from batchllm_cli.io.sinks import RecordSink
+
+    class Collect:
+        def __init__(self) -> None:
+            self.records: list[dict] = []
+
+        def write(self, record: dict) -> None:
+            self.records.append(record)
+
+    out = Collect()
+    sink = RecordSink(out, order=InOrder(iter([1, 2, 3])))
+    sink.write(1, {"n": 1}, failure=True)  # a bad line: held until the first answer
+    sink.write(3, {"n": 3}, failure=False)  # waits for line 2
+    assert sink.held == 2 and out.records == []
+    sink.write(2, {"n": 2}, failure=False)
+    assert sink.held == 0 and [r["n"] for r in out.records] == [1, 2, 3]

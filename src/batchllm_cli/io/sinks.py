@@ -138,8 +138,8 @@ class RecordSink:
 
     @property
     def held(self) -> int:
-        """Records taken and not written yet (--ordered: waiting for an earlier line)."""
-        return 0 if self.order is None else self.order.held
+        """Records taken and not written yet (waiting for an earlier line, or held failures)."""
+        return (0 if self.order is None else self.order.held) + len(self._held or ())
 
     def _put(self, failure: bool, record: dict[str, Any]) -> None:
         if self._held is not None:
