@@ -139,3 +139,24 @@ def test_custom_code_is_refused_on_a_terminal_without_a_prompt(files: dict[str, 
         assert "never runs code from model files" in text and "[y/N]" not in text, text
         assert not (d / "CODE_RAN").exists()
         assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_second_run_on_a_locked_output_is_refused_before_reading_its_input(tmp_path: Path) -> None:
+    """The CLI takes OUTPUT's lock before it reads INPUT: with the lock held elsewhere, a run whose
+    input is a FIFO nobody writes to is refused (exit 3, naming the holder) instead of waiting."""
+    out = tmp_path / "out.jsonl"
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom batchllm_cli.io.lock import OutputLock\n"
+         "OutputLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(300)", str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        proc = subprocess.run([sys.executable, "-m", "batchllm_cli", "run", str(fifo), "-o", str(out), "-q"],
+                              capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 3, proc.stderr
+    assert f"another batchllm run (pid {holder.pid}" in proc.stderr and "Traceback" not in proc.stderr

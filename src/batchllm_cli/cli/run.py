@@ -89,7 +89,8 @@ def run(
         from batchllm_cli.engine.parallel import parse_devices
         from batchllm_cli.errors import PlanError
         from batchllm_cli.io.fingerprint import JobFingerprint
-        from batchllm_cli.io.job import JobOptions, run_job
+        from batchllm_cli.io.job import JobOptions, check_paths, run_job
+        from batchllm_cli.io.lock import OutputLock
         from batchllm_cli.io.writer import STDIO
         from batchllm_cli.types import SamplingParams
 
@@ -126,6 +127,10 @@ def run(
         if served_model_name:
             settings["served_model_names"] = sorted(set(served_model_name))
         with ExitStack() as inputs:
+            lock = None
+            if output != STDIO:  # a second run on OUTPUT is refused before it reads its input
+                check_paths(input, output)
+                lock = inputs.enter_context(OutputLock(output))
             with stop_flag.at_once():  # copying a pipe or hashing a big file: stop right there
                 in_path, in_name = inputs.enter_context(input_file(input))
                 fingerprint = JobFingerprint.make(in_path, model_key(model), settings)
@@ -142,6 +147,7 @@ def run(
                                               devices=devices, default_n=n, ray=cluster),
                         RunningWatch(reporter, stop_flag),
                         should_stop=stop_flag.get,
+                        lock=lock,
                     )
                 except PlanError as exc:
                     fix = f"batchllm plan {input} --json {plan}"

@@ -157,14 +157,16 @@ def run_job(
     backend_factory: Callable[[], Backend],
     reporter: Reporter | None = None,
     should_stop: Callable[[], str | None] = lambda: None,
+    lock: OutputLock | None = None,
 ) -> JobSummary:
     """Runs the job of `opts`; raises InputError / OutputError / JobInterrupted (and whatever
     the backend raises) with the output left resumable. An output file is locked for the whole
-    job (io/lock.py): a second job on it is refused at once."""
+    job (io/lock.py): a second job on it is refused at once. `lock`: the output's lock, already
+    taken by the caller (the CLI takes it before it reads the input; check_paths first)."""
     rep = reporter or SilentReporter()
-    if opts.output_path == STDIO:
+    if opts.output_path == STDIO or lock is not None:
         return _run_job(opts, backend_factory, rep, should_stop)
-    _check_paths(opts)
+    check_paths(opts.input_path, opts.output_path)
     with OutputLock(opts.output_path):
         return _run_job(opts, backend_factory, rep, should_stop)
 
@@ -291,14 +293,17 @@ def _finish(summary: JobSummary) -> JobSummary:
     return summary
 
 
-def _check_paths(opts: JobOptions) -> None:
-    """The input must not be the output or any file batchllm writes for it (the sidecar...)."""
-    if not is_output_file(opts.input_path, opts.output_path):
+def check_paths(input_path: Path, output_path: Path) -> None:
+    """OutputError when the output is a directory, or the input is the output or any file
+    batchllm writes for it (the sidecar, the lock, temp files): before anything is touched."""
+    if output_path.is_dir():
+        raise OutputError(f"output {output_path} is a directory: give a file path")
+    if input_path == STDIO or not is_output_file(input_path, output_path):
         return
-    if opts.input_path.name == opts.output_path.name:
-        raise OutputError(f"the output {opts.output_path} is the input file: choose another -o")
+    if input_path.name == output_path.name:
+        raise OutputError(f"the output {output_path} is the input file: choose another -o")
     raise OutputError(
-        f"the input {opts.input_path} is a file batchllm writes for the output {opts.output_path} "
+        f"the input {input_path} is a file batchllm writes for the output {output_path} "
         "(it would be replaced): copy it elsewhere or choose another -o"
     )
 
