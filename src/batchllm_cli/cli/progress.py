@@ -129,12 +129,13 @@ class LogReporter:
     def progress(self, p: JobProgress) -> None:
         now = time.monotonic()
         self._pending = p
+        eta = self._eta(p)  # every report feeds the ETA's fit, printed or not
         if now - self._last >= self.every_s or p.requests_done == p.requests_total:
             self._last = now
             self._pending = None
             self._line(
                 f"{p.requests_done}/{p.requests_total} requests, {p.output_tokens:,} output tokens "
-                f"({_rate(p):.1f}/s), ETA {self._eta(p)}, prefix tokens saved {_saved(p)}"
+                f"({_rate(p):.1f}/s), ETA {eta}, prefix tokens saved {_saved(p)}"
             )
 
     def __enter__(self) -> "LogReporter":
