@@ -330,3 +330,43 @@ def test_a_stop_signal_is_honoured_while_tokenizing(tmp_path: Path) -> None:
     with pytest.raises(JobInterrupted) as exc:
         run_job(job_options(inp, out), lambda: Counting(max_model_len=100), should_stop=stop_in_pass_two)
     assert exc.value.exit_code == 130 and seen["lines"] < 1000 + 2 * 256 and not out.exists()
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 64 KiB tmpfs (root only: skipped where mounting is not allowed); unmounted afterwards."""
+    where = tmp_path / "small"
+    where.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def _remount(where: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True, capture_output=True)
+
+
+def test_a_really_full_and_then_read_only_filesystem(tmp_path: Path, small_fs: Path) -> None:
+    """On a real 64 KiB tmpfs: the disk fills mid-job (ENOSPC) -> one OutputError naming OUTPUT;
+    remounted read-only -> the next run fails the same way without touching the records; with room
+    again the job resumes to one record per id."""
+    inp = jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "prompt": f"{i} " + "x" * 500} for i in range(300)])
+    out = small_fs / "out.jsonl"
+    with pytest.raises(OutputError) as full:
+        run_echo(job_options(inp, out))
+    assert str(out) in str(full.value) and "No space left on device" in str(full.value)
+    assert "\n" not in str(full.value) and full.value.exit_code == 3
+    kept = out.read_bytes()  # whole records, and maybe the torn start of one (a full disk's)
+    assert 0 < kept.count(b"\n") < 300
+    _remount(small_fs, "ro")
+    with pytest.raises(OutputError, match="Read-only file system") as ro:
+        run_echo(job_options(inp, out))
+    assert str(out) in str(ro.value) and out.read_bytes() == kept
+    _remount(small_fs, "rw,size=1m")
+    summary = run_echo(job_options(inp, out))
+    assert summary.resumed == kept.count(b"\n")
+    assert sorted(_ids(out)) == sorted(f"r{i}" for i in range(300)) and sidecar(out)["complete"] is True
