@@ -145,3 +145,24 @@ def test_llm_predictor_answers_a_ray_data_pipeline_like_the_cli(address: str, re
     got = {r["id"]: (r["generated_text"], r["finish_reason"], int(r["prompt_tokens"])) for r in out}
     assert got == {k: v[:3] for k, v in reference.items()}
     assert sum(int(r["shared_prefix_tokens"]) for r in out) > 0
+
+
+def test_an_actors_error_stops_the_job_with_that_error(address: str) -> None:
+    import numpy as np
+
+    from batchllm_cli.distributed.ray_job import connect, shard_chunks, stream_ray
+    from batchllm_cli.engine.config import load_engine_config
+    from batchllm_cli.errors import CapacityError, ModelError
+    from batchllm_cli.planner import PlanSettings, build_plan
+    from batchllm_cli.types import Request, SamplingParams
+
+    rng = np.random.default_rng(0)
+    prefix = rng.integers(100, 1000, 64)
+    requests = [Request(i, f"r{i}", np.concatenate([prefix, rng.integers(100, 1000, 8)]).astype(np.int32),
+                        SamplingParams(max_tokens=8)) for i in range(6)]
+    cluster = connect(address, "cpu")  # the test's cluster: already connected
+    _, chunks = shard_chunks(requests, build_plan(requests, PlanSettings()), cluster.workers)
+    with pytest.raises(CapacityError, match="KV blocks"):  # raised while running a chunk
+        list(stream_ray(cluster, "tiny-llama", load_engine_config("cpu", num_kv_blocks=1), chunks, len(requests)))
+    with pytest.raises(ModelError, match="no model"):  # raised while the actor starts
+        list(stream_ray(cluster, "/no/such/model.gguf", load_engine_config("cpu"), chunks, len(requests)))

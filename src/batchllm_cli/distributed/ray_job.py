@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import queue as queue_mod
+import re
 import threading
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -22,13 +24,15 @@ from batchllm_cli.engine.config import EngineConfig
 from batchllm_cli.engine.engine import EngineProgress
 from batchllm_cli.errors import BatchLLMError, ConfigError
 from batchllm_cli.planner.plan import Plan
-from batchllm_cli.planner.shard import Sharding, chunk_shard, chunk_size, shard_plan
+from batchllm_cli.planner.shard import ShardCut, Sharding, chunk_shard, chunk_size, shard_plan
 from batchllm_cli.types import Completion, Request
 
 LOCAL = "local"  # --ray without an address: a cluster on this machine, started for the job
 CHUNK_REQUESTS = 2048  # most requests in one chunk: what a lost actor or driver costs again
 MIN_CHUNKS = 4  # chunks per shard at least (when it has that many groups): results stream back
 POLL_S = 1.0  # the driver's progress cadence while no chunk comes back
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its tracebacks
+ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*:")
 INSTALL_HINT = 'pip install "batchllm-cli[ray]" (here and on every node of the cluster)'
 
 
@@ -40,17 +44,10 @@ class RayCluster:
     workers: int  # actors (= shards): one per GPU, or one per CPU
     gpus: bool
     dashboard_url: str | None
-    started_here: bool  # ray.init was ours: shut the cluster down at the end
 
     def describe(self) -> str:
         kind = "GPU" if self.gpus else "CPU"
         return f"ray ({self.address}): {self.workers} shards on {self.workers} {kind} actors"
-
-    def shutdown(self) -> None:
-        if self.started_here:
-            import ray
-
-            ray.shutdown()
 
 
 def import_ray() -> Any:
@@ -63,7 +60,8 @@ def import_ray() -> Any:
 
 def connect(address: str | None, device: str) -> RayCluster:
     """Joins the cluster at `address` ("auto", host:port, ray://...) or starts one on this
-    machine (None or "local"); an already connected driver (ray.init before) stays connected."""
+    machine (None or "local"), stopped when the process ends (Ray's own exit hook); a driver
+    connected already (ray.init before) stays as it is."""
     ray = import_ray()
     started = not ray.is_initialized()
     dashboard = None
@@ -85,10 +83,10 @@ def connect(address: str | None, device: str) -> RayCluster:
             ray.shutdown()
         kind = "GPU" if gpus else "CPU"
         raise ConfigError(f"the Ray cluster at {address or LOCAL} has no {kind}: nothing can run the engine")
-    return RayCluster(address or LOCAL, workers, gpus, dashboard, started)
+    return RayCluster(address or LOCAL, workers, gpus, dashboard)
 
 
-def shard_chunks(requests: Sequence[Request], plan: Plan, workers: int) -> tuple[Sharding, list[Any]]:
+def shard_chunks(requests: Sequence[Request], plan: Plan, workers: int) -> tuple[Sharding, list[ShardCut]]:
     """The job's shards (one per worker) and their chunks, biggest first: Ray Data hands each
     chunk to the next free actor, so this order is the least-loaded rule again, live."""
     sharding = shard_plan(requests, plan, workers)
@@ -104,7 +102,7 @@ def stream_ray(
     cluster: RayCluster,
     model: str | None,
     config: EngineConfig,
-    chunks: Sequence[Any],
+    chunks: Sequence[ShardCut],
     num_requests: int,
     on_progress: Callable[[EngineProgress], None] | None = None,
 ) -> Iterator[Completion]:
@@ -115,8 +113,10 @@ def stream_ray(
     ray = import_ray()
     import ray.data
 
-    from batchllm_cli.distributed.worker import ProgressBoard, ShardRunner, decode_completions, encode_chunk
+    from batchllm_cli.distributed.worker import ProgressBoard, ShardRunner, decode_row, encode_chunk
 
+    if model is not None and Path(model).expanduser().exists():  # actors start elsewhere: no relative path
+        model = str(Path(model).expanduser().resolve())
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the CLI draws its own
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its INFO lines would cover the CLI's
@@ -147,8 +147,8 @@ def stream_ray(
                 break
             if kind == "error":
                 raise _clean(item)
-            for payload in item["completions"]:
-                for c in decode_completions(payload):
+            for payload, error in zip(item["completions"], item["error"]):
+                for c in decode_row(payload, error):
                     if not seen[c.index]:  # a chunk run twice gives its records once
                         seen[c.index] = True
                         yield c
@@ -181,16 +181,10 @@ def _report(ray: Any, board: Any, total: int, start: float, on_progress: Callabl
 
 
 def _clean(exc: BaseException) -> BaseException:
-    """Our own error when an actor raised one (Ray wraps it, sometimes twice); else one line."""
-    seen: set[int] = set()
-    todo = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, BatchLLMError) and type(e).__module__.startswith("batchllm_cli"):
-            return e
-        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return BatchLLMError(f"the Ray job failed: {type(exc).__name__}: {first}")
+    """One line for a failure of Ray's own or an actor's bug (batchllm's errors come back as
+    rows): the last 'SomethingError: message' line of the traceback Ray carries as text."""
+    if isinstance(exc, BatchLLMError):
+        return exc
+    text = ANSI.sub("", str(exc))
+    causes = [line.strip() for line in text.splitlines() if ERROR_LINE.match(line.strip())]
+    return BatchLLMError(f"the Ray job failed: {causes[-1] if causes else type(exc).__name__}")

@@ -3,7 +3,7 @@
 Each row of the dataset is one chunk of a shard (planner/shard.py): its requests, its plan cut
 (Plan.restrict) and the job index of each request, pickled by `encode_chunk`. The actor holds
 one engine (loaded once, in the constructor) and answers a batch of rows with one row per chunk:
-its Completions, job-indexed, pickled. A chunk's results come back whole or not at all, so a
+its Completions, job-indexed, pickled (or the batchllm error it raised). A chunk's results come back whole or not at all, so a
 chunk that Ray runs again after its actor died cannot give a record twice. Progress goes to the
 driver's `ProgressBoard` actor, at most every PROGRESS_EVERY_S per actor. No Ray import here:
 Ray Data calls the class and the driver wraps the board in `ray.remote`.
@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from batchllm_cli import errors
 from batchllm_cli.engine.config import EngineConfig
 from batchllm_cli.engine.engine import EngineProgress
+from batchllm_cli.errors import BatchLLMError
 from batchllm_cli.planner.shard import ShardCut
 from batchllm_cli.types import Completion
 
@@ -32,9 +34,16 @@ def encode_chunk(chunk_id: int, cut: ShardCut) -> dict[str, Any]:
     return {"chunk": chunk_id, "payload": payload}
 
 
-def decode_completions(payload: bytes) -> list[Completion]:
-    """The Completions of one output row (job indices)."""
-    return pickle.loads(payload)
+def decode_row(completions: bytes, error: bytes) -> list[Completion]:
+    """The Completions of one output row (job indices); the actor's error raised again here, as
+    the same batchllm error class (a bad model path on a node: ModelError, exit code 4)."""
+    if error:
+        name, message = pickle.loads(error)
+        cls = getattr(errors, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, BatchLLMError)):
+            cls = BatchLLMError
+        raise cls(message)
+    return pickle.loads(completions)
 
 
 class ShardRunner:
@@ -48,22 +57,38 @@ class ShardRunner:
     def __init__(self, model: str | None, config: EngineConfig, board: Any = None) -> None:
         from batchllm_cli.engine.llm import LLM
 
-        self.llm = LLM(model, config=config)
         self.board = board
+        self.llm: Any = None
+        self.failure: BatchLLMError | None = None  # told with the first chunk: Ray would retry a
+        try:  # failing constructor, and its exceptions reach the driver only as text
+            self.llm = LLM(model, config=config)
+        except BatchLLMError as exc:
+            self.failure = exc
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        chunks, outputs = [], []
+        chunks, outputs, failures = [], [], []
         for chunk_id, payload in zip(batch["chunk"], batch["payload"]):
-            requests, plan, job_index = pickle.loads(payload)
-            report = _Reporter(self.board, int(chunk_id))
-            done = [
-                replace(c, index=int(job_index[c.index]))
-                for c in self.llm.stream(requests, plan, on_progress=report)
-            ]
-            report.flush()
             chunks.append(int(chunk_id))
-            outputs.append(pickle.dumps(done, protocol=pickle.HIGHEST_PROTOCOL))
-        return {"chunk": np.asarray(chunks, dtype=np.int64), "completions": np.asarray(outputs, dtype=object)}
+            try:
+                outputs.append(self._run(int(chunk_id), payload))
+                failures.append(b"")
+            except BatchLLMError as exc:  # the driver stops the job with it
+                outputs.append(b"")
+                failures.append(pickle.dumps((type(exc).__name__, str(exc))))
+        return {
+            "chunk": np.asarray(chunks, dtype=np.int64),
+            "completions": np.asarray(outputs, dtype=object),
+            "error": np.asarray(failures, dtype=object),
+        }
+
+    def _run(self, chunk_id: int, payload: bytes) -> bytes:
+        if self.failure is not None:
+            raise self.failure
+        requests, plan, job_index = pickle.loads(payload)
+        report = _Reporter(self.board, chunk_id)
+        done = [replace(c, index=int(job_index[c.index])) for c in self.llm.stream(requests, plan, on_progress=report)]
+        report.flush()
+        return pickle.dumps(done, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class _Reporter:
