@@ -40,7 +40,7 @@ def mix32(x: torch.Tensor | int) -> torch.Tensor | int:
     return x ^ (x >> 16)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SampleRow:
     """What the sampler needs to know about one row of logits."""
 

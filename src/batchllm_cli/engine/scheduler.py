@@ -171,26 +171,29 @@ class Scheduler:
         # on the device (sampled by the step before, not yet applied) is fed from there
         taken = self._decoding[: self.token_budget]
         self._decoding = self._decoding[self.token_budget :] + taken
-        for s in taken:
-            issued = s.num_output + s.pending  # output tokens drawn or being drawn
+        tokens = np.fromiter((s.output_ids[-1] if s.pending == 0 else 0 for s in taken), dtype=np.int32,
+                             count=len(taken))
+        for k, s in enumerate(taken):
+            issued = len(s.output_ids) + s.pending  # output tokens drawn or being drawn
             if issued >= s.request.sampling.max_tokens:
                 continue  # its last token is in flight
-            own_pos = s.own_prompt_len + issued - 1
+            own_pos = s.request.prompt_len - s.group.prefix_len + issued - 1
             items.append(
                 StepItem(
                     kind="decode",
-                    request=s.index,
+                    request=s.request.index,
                     group=s.group.position,
-                    token_ids=_one_token(s.output_ids[-1] if s.pending == 0 else 0),
-                    start_pos=s.shared_len + own_pos,
+                    token_ids=tokens[k : k + 1],
+                    start_pos=s.group.prefix_len + own_pos,
                     own_ctx_len=own_pos,
                     own_block_table=s.block_table,
                     shared_id=shared_id(s.group),
                     samples=True,
                     feed=s.sample_row if s.pending else -1,
+                    q_len=1,
                 )
             )
-        budget = self.token_budget - sum(it.q_len for it in items)
+        budget = self.token_budget - len(items)  # one token per decode
 
         # 2. own parts in flight, 3. admitted groups, 4. new groups
         for state in self._prefilling:
@@ -365,7 +368,3 @@ class Scheduler:
         for g in self.groups:
             lists.extend(s.own_blocks for s in g.waiting)
         return lists
-
-
-def _one_token(token: int) -> np.ndarray:
-    return np.array([token], dtype=np.int32)

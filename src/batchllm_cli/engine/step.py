@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -10,9 +11,12 @@ import numpy as np
 ItemKind = Literal["prefix", "prefill", "decode"]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StepItem:
-    """A run of consecutive new tokens of one sequence (see batchllm_kernels.metadata)."""
+    """A run of consecutive new tokens of one sequence (see batchllm_kernels.metadata).
+
+    Not frozen: a step builds one per running request, and a frozen dataclass's __init__ costs
+    several times more per field; nothing changes an item after the scheduler made it."""
 
     kind: ItemKind  # "prefix": a chunk of a group's shared prefix; "prefill": a request's own part
     request: int  # request index; -1 for a prefix chunk
@@ -27,9 +31,11 @@ class StepItem:
     # among that step's sampled tokens (the runner reads it on the device); -1: token_ids holds it
     feed: int = -1
 
-    @property
-    def q_len(self) -> int:
-        return int(self.token_ids.shape[0])
+    q_len: int = -1  # len(token_ids); filled in when not given
+
+    def __post_init__(self) -> None:
+        if self.q_len < 0:
+            self.q_len = int(self.token_ids.shape[0])
 
 
 @dataclass(frozen=True)
@@ -49,33 +55,19 @@ class StepBatch:
     items: tuple[StepItem, ...]
     shared: tuple[SharedSegment, ...]
 
-    @property
+    @cached_property
     def num_tokens(self) -> int:
         return sum(item.q_len for item in self.items)
 
-    @property
+    @cached_property
     def num_decode_tokens(self) -> int:
         return sum(1 for item in self.items if item.kind == "decode")
 
-    @property
+    @cached_property
     def num_prefill_tokens(self) -> int:
-        return sum(item.q_len for item in self.items if item.kind != "decode")
+        return self.num_tokens - self.num_decode_tokens
 
-    @property
+    @cached_property
     def sample_items(self) -> list[int]:
         """Positions in `items` of the items that sample, in item order."""
         return [i for i, item in enumerate(self.items) if item.samples]
-
-    def input_ids(self) -> np.ndarray:
-        """[num_tokens] int64: all items' tokens, concatenated in item order."""
-        if not self.items:
-            return np.zeros(0, dtype=np.int64)
-        return np.concatenate([item.token_ids for item in self.items]).astype(np.int64)
-
-    def positions(self) -> np.ndarray:
-        """[num_tokens] int64: the absolute position of each token."""
-        if not self.items:
-            return np.zeros(0, dtype=np.int64)
-        return np.concatenate(
-            [np.arange(it.start_pos, it.start_pos + it.q_len, dtype=np.int64) for it in self.items]
-        )
