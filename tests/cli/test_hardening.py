@@ -160,3 +160,32 @@ def test_a_second_run_on_a_locked_output_is_refused_before_reading_its_input(tmp
         holder.wait()
     assert proc.returncode == 3, proc.stderr
     assert f"another batchllm run (pid {holder.pid}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sigterm_while_tokenizing_a_big_input_ends_the_run_within_a_second(tmp_path: Path) -> None:
+    """200,000 lines: a SIGTERM once tokenizing has begun ends the process with 143 at once (the
+    job stops where it is and the exit skips freeing what it had built), nothing written."""
+    import select
+    import signal
+    import time
+
+    inp = tmp_path / "big.jsonl"
+    with open(inp, "w") as f:
+        for i in range(200_000):
+            f.write(json.dumps({"id": f"r{i}", "prompt": f"Question {i}: what is the answer to this one?"}) + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "batchllm_cli", "run", str(inp), "-o", str(tmp_path / "out.jsonl"),
+                             "--model", "tiny-llama", "--max-tokens", "4"],
+                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.stderr is not None
+    seen, deadline = b"", time.monotonic() + 240
+    while b"tokenizing" not in seen and time.monotonic() < deadline and proc.poll() is None:
+        if select.select([proc.stderr], [], [], 0.1)[0]:
+            seen += os.read(proc.stderr.fileno(), 65536)
+    assert b"tokenizing" in seen, seen.decode(errors="replace")
+    time.sleep(0.5)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=60)
+    took = time.monotonic() - sent
+    assert code == 143 and took < 1.0, (code, took)
+    assert not (tmp_path / "out.jsonl").exists()
