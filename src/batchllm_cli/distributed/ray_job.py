@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue as queue_mod
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -30,6 +31,7 @@ from batchllm_cli.types import Completion, Request
 LOCAL = "local"  # --ray without an address: a cluster on this machine, started for the job
 CHUNK_REQUESTS = 2048  # most requests in one chunk: what a lost actor or driver costs again
 MIN_CHUNKS = 4  # chunks per shard at least (when it has that many groups): results stream back
+REACH_TIMEOUT_S = 10.0  # a cluster address that does not answer a TCP connect by then is wrong
 POLL_S = 1.0  # the driver's progress cadence while no chunk comes back
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its tracebacks
 ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*:")
@@ -66,6 +68,7 @@ def connect(address: str | None, device: str) -> RayCluster:
     started = not ray.is_initialized()
     dashboard = None
     if started:
+        _check_reachable(address)
         try:
             ctx = ray.init(
                 address=None if address in (None, LOCAL) else address,
@@ -84,6 +87,21 @@ def connect(address: str | None, device: str) -> RayCluster:
         kind = "GPU" if gpus else "CPU"
         raise ConfigError(f"the Ray cluster at {address or LOCAL} has no {kind}: nothing can run the engine")
     return RayCluster(address or LOCAL, workers, gpus, dashboard)
+
+
+def _check_reachable(address: str | None) -> None:
+    """ConfigError at once when nothing listens at a HOST:PORT address (ray.init would wait on
+    it for minutes)."""
+    host, sep, port = (address or "").rpartition(":")
+    if not sep or not host or not port.isdigit() or "://" in address:  # type: ignore[operator]
+        return  # "local", "auto", ray://...: Ray's own business
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} (is `ray start --head` "
+            "running there? `auto` joins the cluster of this node)"
+        ) from None
 
 
 def shard_chunks(requests: Sequence[Request], plan: Plan, workers: int) -> tuple[Sharding, list[ShardCut]]:
