@@ -79,7 +79,16 @@ def run(
     """
     console = Console(stderr=True)
     # signals first: a Ctrl-C while the imports below run stops at once, without a traceback
-    with StopSignals() as stop_flag, handled():
+    with StopSignals() as stop_flag, handled(), ExitStack() as held:
+        from batchllm_cli.io.job import check_paths
+        from batchllm_cli.io.lock import OutputLock
+        from batchllm_cli.io.writer import STDIO
+
+        lock = None
+        if output != STDIO:  # before anything slow (torch): a second run on OUTPUT is refused at once
+            check_paths(input, output)
+            lock = held.enter_context(OutputLock(output))
+
         from batchllm_cli.cli.backend import EngineBackend
         from batchllm_cli.cli.progress import make_reporter
         from batchllm_cli.cli.render import job_summary_table
@@ -89,9 +98,7 @@ def run(
         from batchllm_cli.engine.parallel import parse_devices
         from batchllm_cli.errors import PlanError
         from batchllm_cli.io.fingerprint import JobFingerprint
-        from batchllm_cli.io.job import JobOptions, check_paths, run_job
-        from batchllm_cli.io.lock import OutputLock
-        from batchllm_cli.io.writer import STDIO
+        from batchllm_cli.io.job import JobOptions, run_job
         from batchllm_cli.types import SamplingParams
 
         if any(not s for s in stop or ()):
@@ -127,10 +134,6 @@ def run(
         if served_model_name:
             settings["served_model_names"] = sorted(set(served_model_name))
         with ExitStack() as inputs:
-            lock = None
-            if output != STDIO:  # a second run on OUTPUT is refused before it reads its input
-                check_paths(input, output)
-                lock = inputs.enter_context(OutputLock(output))
             with stop_flag.at_once():  # copying a pipe or hashing a big file: stop right there
                 in_path, in_name = inputs.enter_context(input_file(input))
                 fingerprint = JobFingerprint.make(in_path, model_key(model), settings)
