@@ -36,6 +36,7 @@ def test_fresh_write_and_sidecar(tmp_path: Path) -> None:
     assert (side["complete"], side["records"]) == (True, 2)
     assert JobFingerprint.from_dict(side) == fp
     assert sorted(p.name for p in out.parent.iterdir()) == ["out.jsonl", "out.jsonl.batchllm.json"]
+    assert sidecar_path(out).stat().st_mode & 0o777 == 0o644
 
 
 def test_writer_left_without_close_keeps_sidecar_incomplete(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from batchllm_cli.io.formats import dumps_line, record_key
 from batchllm_cli.io.index import KeySet, repeated_lines
 
 SIDECAR_SUFFIX = ".batchllm.json"
+SIDECAR_MODE = 0o644  # readable by others, like the output beside it
 STDIO = Path("-")  # an input or output path of "-": standard input / standard output
 # An output line holds one request's text (at most a context of tokens): 64 MiB is far above it.
 MAX_OUTPUT_LINE_BYTES = 64 * 2**20
@@ -201,6 +202,7 @@ def _replace_file(path: Path, data: bytes) -> None:
     followed) and renames it over `path` (a symlink there is replaced, not followed)."""
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, SIDECAR_MODE)  # mkstemp makes it 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
