@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from batchllm_cli.engine.block_pool import BlockPool
-from batchllm_cli.engine.caching import CachingScheduler, make_scheduler
+from batchllm_cli.engine.caching import CachingAdmission, caching_scheduler, make_scheduler
 from batchllm_cli.engine.prefix_cache import PrefixCache
 from batchllm_cli.engine.scheduler import Scheduler
 from batchllm_cli.types import Request, SamplingParams
@@ -21,14 +21,14 @@ from test_scheduler import FakeModel, make_workload, run_alone, stop_on_eos
 def run_policy(requests, policy, *, num_blocks, block_size, token_budget, memory_bound=1.0):
     """Runs `requests` in file order under `policy`, checking block integrity at every step."""
     pool = BlockPool(num_blocks)
-    sched = CachingScheduler(requests, pool, block_size=block_size, token_budget=token_budget,
+    sched = caching_scheduler(requests, pool, block_size=block_size, token_budget=token_budget,
                              memory_bound=memory_bound, policy=policy)
     model = FakeModel(num_blocks, block_size, requests, sched.groups)
     outputs, prefill, cached, order = {}, 0, {}, []
     while sched.has_work:
         batch = sched.schedule()
         assert batch.items and batch.num_tokens <= token_budget
-        assert pool.num_used - sched.cache.num_evictable <= sched.block_limit
+        assert pool.num_used - sched.admission.cache.num_evictable <= sched.block_limit
         prefill += batch.num_prefill_tokens
         for state in sched.active_states().values():
             if state.index not in cached:
@@ -37,7 +37,7 @@ def run_policy(requests, policy, *, num_blocks, block_size, token_budget, memory
         for s in sched.update(batch, model.run(batch), stop_on_eos):
             outputs[s.index] = s.output_ids
         pool.check_integrity(sched.live_block_lists())
-    assert pool.num_used == sched.cache.num_cached == sched.cache.num_evictable  # only the cache holds blocks
+    assert pool.num_used == sched.admission.cache.num_cached == sched.admission.cache.num_evictable  # only the cache holds blocks
     return outputs, prefill, cached, order, sched
 
 
@@ -68,13 +68,13 @@ def test_a_small_pool_evicts_and_loses_reuse_that_a_large_one_keeps():
     _, _, big, _, s_big = run_policy(requests, "vllm-like", num_blocks=100, block_size=4, token_budget=8)
     _, _, small, _, s_small = run_policy(requests, "vllm-like", num_blocks=12, block_size=4, token_budget=8)
     assert big[0] == big[1] == 0 and big[2] == big[4] == 32  # 8 whole blocks of the prefix reused
-    assert s_small.cache.evictions > 0 and sum(small.values()) < sum(big.values())
+    assert s_small.admission.cache.evictions > 0 and sum(small.values()) < sum(big.values())
 
 
 def test_vllm_like_caps_running_requests():
     requests = [Request(i, str(i), np.arange(1, 6, dtype=np.int32), SamplingParams(max_tokens=5)) for i in range(6)]
     pool = BlockPool(200)
-    sched = CachingScheduler(requests, pool, block_size=4, token_budget=64, memory_bound=1.0, policy="vllm-like")
+    sched = caching_scheduler(requests, pool, block_size=4, token_budget=64, memory_bound=1.0, policy="vllm-like")
     sched.max_running = 2
     batch = sched.schedule()
     assert len({it.request for it in batch.items}) == 2
@@ -115,4 +115,4 @@ def test_make_scheduler_picks_by_policy():
     from batchllm_cli.planner.plan import PrefixGroup
 
     assert type(make_scheduler("batchllm", requests, [PrefixGroup(0, (0,))], BlockPool(8), **settings)) is Scheduler
-    assert isinstance(make_scheduler("sglang-like", requests, [], BlockPool(8), **settings), CachingScheduler)
+    assert isinstance(make_scheduler("sglang-like", requests, [], BlockPool(8), **settings).admission, CachingAdmission)

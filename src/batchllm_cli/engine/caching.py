@@ -16,85 +16,82 @@ cached blocks when the free ones do not suffice.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Sequence
+from typing import Sequence
 
 from batchllm_cli.engine.block_pool import BlockPool
 from batchllm_cli.engine.prefix_cache import PrefixCache
-from batchllm_cli.engine.scheduler import Scheduler
-from batchllm_cli.engine.state import GroupState, RequestState, blocks_for
-from batchllm_cli.engine.step import StepItem
+from batchllm_cli.engine.scheduler import Scheduler, StepDraft
+from batchllm_cli.engine.state import RequestState, blocks_for
 from batchllm_cli.planner.plan import PrefixGroup
-from batchllm_cli.types import FinishReason, Request
+from batchllm_cli.types import Request
 
 VLLM_MAX_RUNNING = 256  # vLLM's default max_num_seqs
 SGLANG_LPM_WINDOW = 128  # SGLang uses longest-prefix-match while the waiting queue is this short
 
 
-class CachingScheduler(Scheduler):
-    """A Scheduler whose requests are admitted one by one from the file order, reusing whatever
-    full prompt blocks the prefix cache still holds."""
+class CachingAdmission:
+    """The Admission of the peers' policies (engine/scheduler.py's protocol): requests one by
+    one from the file order, reusing whatever full prompt blocks the prefix cache still holds."""
 
-    def __init__(
-        self,
-        requests: Sequence[Request],
-        pool: BlockPool,
-        *,
-        block_size: int,
-        token_budget: int,
-        memory_bound: float,
-        policy: str,
-    ) -> None:
+    def __init__(self, scheduler: Scheduler, policy: str) -> None:
         if policy not in ("vllm-like", "sglang-like"):
             raise ValueError(f"unknown caching policy {policy!r}")
-        singles = [PrefixGroup(0, (r.index,)) for r in requests]  # no plan: every request alone
-        super().__init__(requests, singles, pool, block_size=block_size, token_budget=token_budget,
-                         memory_bound=memory_bound,
-                         max_running=VLLM_MAX_RUNNING if policy == "vllm-like" else None)
+        self.s = scheduler
         self.policy = policy
-        self.cache = PrefixCache(pool, block_size)
-        self._waiting: deque[int] = deque(r.index for r in requests)  # file order
+        self.cache = PrefixCache(scheduler.pool, scheduler.block_size)
+        self._waiting: deque[int] = deque(r.index for r in scheduler.requests)  # file order
 
     def _free_blocks(self) -> int:
         """Blocks admission may still take: unreserved ones, counting evictable cached ones."""
-        return self.block_limit - (self.pool.num_used - self.cache.num_evictable)
+        s = self.s
+        return s.block_limit - (s.pool.num_used - self.cache.num_evictable)
 
     def _pick(self) -> int:
         """The waiting request to admit next (its position in the queue)."""
         if self.policy == "sglang-like" and len(self._waiting) <= SGLANG_LPM_WINDOW:
-            matches = [self.cache.match(self.requests[i].prompt_ids) for i in self._waiting]
+            matches = [self.cache.match(self.s.requests[i].prompt_ids) for i in self._waiting]
             return max(range(len(matches)), key=lambda k: (matches[k], -k))
         return 0
 
-    def _admit_new(self, budget: int, items: list[StepItem], shared_id: Callable[[GroupState], int]) -> None:
-        running = len(self._running)
-        while budget > 0 and self._waiting:
-            if self.max_running is not None and running >= self.max_running:
-                return
+    def admit(self, budget: int, draft: StepDraft) -> None:
+        s = self.s
+        while budget > 0 and self._waiting and not s.at_request_cap:
             pos = self._pick()
-            request = self.requests[self._waiting[pos]]
+            request = s.requests[self._waiting[pos]]
             hit = self.cache.match(request.prompt_ids)
-            need = blocks_for(request.prompt_len + request.sampling.max_tokens - 1, self.block_size) - hit
+            need = blocks_for(request.prompt_len + request.sampling.max_tokens - 1, s.block_size) - hit
             if need > self._free_blocks():
                 return
             del self._waiting[pos]
             cached = self.cache.take(request.prompt_ids, hit)
-            if need > self.pool.num_free:
-                self.cache.evict(need - self.pool.num_free)
-            state = RequestState(request=request, group=self.groups[request.index], own_blocks=cached + self.pool.allocate(need),
-                                 computed=hit * self.block_size, cached_len=hit * self.block_size)
-            running += 1
-            budget -= self._start(state, budget, items, shared_id)
+            if need > s.pool.num_free:
+                self.cache.evict(need - s.pool.num_free)
+            state = RequestState(request=request, group=s.groups[request.index], own_blocks=cached + s.pool.allocate(need),
+                                 computed=hit * s.block_size, cached_len=hit * s.block_size)
+            budget -= s.start(state, budget, draft)
 
-    def _prompt_stored(self, state: RequestState) -> None:
+    def num_reserved(self) -> int:
+        return 0  # a request starts when it is admitted
+
+    def prompt_stored(self, state: RequestState) -> None:
         self.cache.insert(state.request.prompt_ids, state.own_blocks)
 
-    def _finish(self, state: RequestState, reason: FinishReason) -> None:
-        blocks = state.own_blocks
-        super()._finish(state, reason)
+    def released(self, state: RequestState, blocks: list[int]) -> None:
         self.cache.released(blocks)
 
-    def live_block_lists(self) -> list[list[int]]:
-        return super().live_block_lists() + self.cache.holders()
+    def held_blocks(self) -> list[list[int]]:
+        return self.cache.holders()
+
+
+def caching_scheduler(
+    requests: Sequence[Request], pool: BlockPool, *, policy: str, **settings: object
+) -> Scheduler:
+    """A peer's policy on our scheduler: no plan (every request a group of its own, in file
+    order), CachingAdmission over an LRU prefix cache, and vLLM's request cap for vllm-like."""
+    singles = [PrefixGroup(0, (r.index,)) for r in requests]
+    cap = VLLM_MAX_RUNNING if policy == "vllm-like" else None
+    return Scheduler(requests, singles, pool, max_running=cap,  # type: ignore[arg-type]
+                     admission=lambda s: CachingAdmission(s, policy), **settings)
 
 
 def make_scheduler(
@@ -105,4 +102,4 @@ def make_scheduler(
     requests), or a peer's caching scheduler (their own caps)."""
     if policy == "batchllm":
         return Scheduler(requests, groups, pool, max_running=max_running, **settings)  # type: ignore[arg-type]
-    return CachingScheduler(requests, pool, policy=policy, **settings)  # type: ignore[arg-type]
+    return caching_scheduler(requests, pool, policy=policy, **settings)
