@@ -1,8 +1,8 @@
 """Host time per engine step: scheduler, input preparation and sampling bookkeeping, no model.
 
-A stand-in model (zeros for hidden states and logits, a 1,024-token vocabulary) takes the place
-of the Llama forward, so what is timed is the Python and numpy work the step loop does per step
-around the GPU's: schedule, build and upload the layout, sample, apply the tokens, stop checks.
+A stand-in model (zeros for hidden states and logits over a 32-token vocabulary, so that the
+arithmetic a GPU would do costs next to nothing here) takes the place of the Llama forward, so
+what is timed is the Python and numpy work the step loop does per step around the GPU's: schedule, build and upload the layout, sample, apply the tokens, stop checks.
 N requests decode together (groups of 16 sharing a 64-token prefix, 32-token own parts); the
 median host time of the steps where all N decode is reported, with the spread over repeats.
 Time is this process's CPU time (time.process_time): on a shared machine, wall time mostly
@@ -36,7 +36,7 @@ from batchllm_cli.models.config import ModelConfig
 from batchllm_cli.planner import PlanSettings, build_plan
 from batchllm_cli.types import Request, SamplingParams
 
-VOCAB = 1024
+VOCAB = 32  # logits and argmax are device work on a GPU: keep the stand-in's tiny
 DECODE_STEPS = 48
 
 

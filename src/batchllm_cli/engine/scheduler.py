@@ -190,26 +190,17 @@ class Scheduler:
         self._decoding = self._decoding[self.token_budget :] + taken
         tokens = np.fromiter((s.output_ids[-1] if s.pending == 0 else 0 for s in taken), dtype=np.int32,
                              count=len(taken))
+        append, shared_id = draft.items.append, draft.shared_id
         for k, s in enumerate(taken):
+            request, group = s.request, s.group
             issued = len(s.output_ids) + s.pending  # output tokens drawn or being drawn
-            if issued >= s.request.sampling.max_tokens:
+            if issued >= request.sampling.max_tokens:
                 continue  # its last token is in flight
-            own_pos = s.request.prompt_len - s.group.prefix_len + issued - 1
-            draft.items.append(
-                StepItem(
-                    kind="decode",
-                    request=s.request.index,
-                    group=s.group.position,
-                    token_ids=tokens[k : k + 1],
-                    start_pos=s.group.prefix_len + own_pos,
-                    own_ctx_len=own_pos,
-                    own_block_table=s.block_table,
-                    shared_id=draft.shared_id(s.group),
-                    samples=True,
-                    feed=s.sample_row if s.pending else -1,
-                    q_len=1,
-                )
-            )
+            own_pos = request.prompt_len - group.prefix_len + issued - 1
+            # positional: StepItem(kind, request, group, token_ids, start_pos, own_ctx_len,
+            # own_block_table, shared_id, samples, feed, q_len) (a decode per running request)
+            append(StepItem("decode", request.index, group.position, tokens[k : k + 1], group.prefix_len + own_pos,
+                            own_pos, s.block_table, shared_id(group), True, s.sample_row if s.pending else -1, 1))
 
     def start(self, state: RequestState, budget: int, draft: StepDraft) -> int:
         """Starts an admitted request's own prompt part with its first chunk; returns its length."""
