@@ -80,6 +80,7 @@ CASES = [
     ("plan {in} --model {tmp}/counts.gguf", 4, "metadata entries"),
     ("plan {in} --format xml", 2, None),  # a usage error, as every other wrong option value
     ("plan {in} --model tiny-llama --json {tmp}", 3, "cannot write the plan"),
+    ("plan {in} --model tiny-llama --json {in}", 3, "is the input file"),
     ("models extra-argument", 2, None),
 ]
 
@@ -105,6 +106,7 @@ def test_each_bad_file_is_one_error_line_and_its_exit_code(files: dict[str, Path
         assert len(errors) == 1 and says in errors[0], text
         assert "internal error" not in text
     assert list(outdir.iterdir()) == [], "a run that failed while starting wrote files"
+    assert files["in"].read_text() == json.dumps({"id": "a", "prompt": "hello"}) + "\n"
     assert not (files["code"] / "CODE_RAN").exists()
 
 

@@ -49,6 +49,8 @@ def plan(
     with handled():
         from batchllm_cli.cli.stdio import input_file
 
+        if json_out is not None:
+            _check_plan_path(json_out, input)
         with input_file(input) as (in_path, in_name):
             report = make_plan(in_path, model, max_tokens, not no_prefix_sharing, device, n, threads)
         if json_out is not None:
@@ -156,6 +158,20 @@ def report_dict(report: PlanReport, top: int) -> dict[str, Any]:
         {**g, "prefix_preview": report.prefix_preview(g["position"])} for g in stats["top_groups"][:top]
     ]
     return {"model": report.model_name, "bad_lines": report.bad_lines, "fingerprint": report.plan.fingerprint, **stats}
+
+
+def _check_plan_path(path: Path, input: Path) -> None:
+    """OutputError when --json would overwrite the input (before anything is read)."""
+    import os
+
+    from batchllm_cli.errors import OutputError
+
+    try:
+        same = path.exists() and input.exists() and os.path.samefile(path, input)
+    except OSError:
+        same = False
+    if same:
+        raise OutputError(f"--json {path} is the input file: choose another path for the plan")
 
 
 def _write_plan(path: Path, data: bytes) -> None:
