@@ -16,7 +16,6 @@ import termios
 import time
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "sample_data" / "prompts.jsonl"
