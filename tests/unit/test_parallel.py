@@ -93,3 +93,15 @@ def test_two_engines_answer_like_one(tmp_path: Path) -> None:
         # logprobs travel back from the worker processes with their completions
         outs[name] = {r["id"]: (r["text"], [lp["top_logprobs"][0]["token_id"] for lp in r["logprobs"]]) for r in records}
     assert len(outs["one"]) == 12 and outs["two"] == outs["one"]
+
+
+def test_progress_of_the_engines_adds_up() -> None:
+    from batchllm_cli.engine.engine import EngineProgress
+    from batchllm_cli.engine.parallel import _combined
+
+    a = EngineProgress(3, 0, 300, 120, 40, 7, 1.5, prefix_tokens_saved=180, kv_blocks_used=11)
+    b = EngineProgress(2, 0, 200, 90, 30, 9, 2.5, prefix_tokens_saved=110, kv_blocks_used=4)
+    both = _combined({0: a, 1: b}, total=9)
+    assert (both.requests_done, both.requests_total, both.prompt_tokens, both.prefill_tokens) == (5, 9, 500, 210)
+    assert (both.output_tokens, both.steps, both.elapsed_s) == (70, 9, 2.5)
+    assert (both.prefix_tokens_saved, both.kv_blocks_used) == (290, 15)  # saved was dropped before

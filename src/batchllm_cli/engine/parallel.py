@@ -138,6 +138,8 @@ def _combined(latest: dict[int, EngineProgress], total: int) -> EngineProgress:
         output_tokens=sum(p.output_tokens for p in parts),
         steps=max((p.steps for p in parts), default=0),
         elapsed_s=max((p.elapsed_s for p in parts), default=0.0),
+        prefix_tokens_saved=sum(p.prefix_tokens_saved for p in parts),
+        kv_blocks_used=sum(p.kv_blocks_used for p in parts),
     )
 
 
