@@ -89,8 +89,7 @@ def run_plan(
         if batch.items:
             running = scheduler.active_states()
             sampling = [running[batch.items[i].request] for i in batch.sample_items]
-            rows = [SampleRow(s.request.sampling, s.index, s.num_output + s.pending - 1, s.request.prompt_ids,
-                              s.output_ids) for s in sampling]
+            rows = [_sample_row(s) for s in sampling]
             prev = launched[-1].output if launched else None
             launched.append(_Launched(batch, sampling, runner.launch(batch, rows, prev)))
         elif not launched:
@@ -102,6 +101,18 @@ def run_plan(
                 yield _completion(state, stop)
             if on_progress is not None:
                 on_progress(tally.progress(scheduler))
+
+
+def _sample_row(state: RequestState) -> SampleRow:
+    """The state's SampleRow at the output position of the token drawn now (pending counts the
+    tokens being drawn, this one included). One row per request, kept on its state: the sampler
+    reads it during launch, so the next step may move its position."""
+    row = state.sample_row_cache
+    if row is None:
+        r = state.request
+        row = state.sample_row_cache = SampleRow(r.sampling, r.index, 0, r.prompt_ids, state.output_ids)
+    row.position = len(state.output_ids) + state.pending - 1
+    return row
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +67,7 @@ class RequestState:
     finish_reason: FinishReason | None = None
     pending: int = 0  # tokens being drawn by issued steps, not applied yet
     sample_row: int = -1  # its row among the sampled tokens of the last step it sampled in
+    sample_row_cache: Any = None  # the engine's SampleRow of this request (engine/engine.py)
     _table: tuple[int, ...] | None = None
 
     @property
