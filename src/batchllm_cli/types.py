@@ -38,6 +38,9 @@ class SamplingParams:
     logprobs: int | None = None  # None = none; k = each output token's logprob and the k most likely
     min_tokens: int = 0  # no EOS and no stop string before this many tokens (at most max_tokens)
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) added to the logits (OpenAI's)
+    # vLLM's stop_token_ids: drawing one ends the request ("stop"; the token stays in token_ids,
+    # and in the text unless it is a special token); kept out before min_tokens, as EOS is
+    stop_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         from batchllm_cli.errors import ConfigError
@@ -65,6 +68,8 @@ class SamplingParams:
             raise ConfigError(f"min_tokens must be >= 0, got {self.min_tokens}")
         if self.min_tokens > self.max_tokens:
             raise ConfigError(f"min_tokens {self.min_tokens} is above max_tokens {self.max_tokens}")
+        if any(t < 0 for t in self.stop_token_ids):
+            raise ConfigError(f"stop_token_ids must be token ids >= 0, got {list(self.stop_token_ids)}")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             raise ConfigError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
 

@@ -25,7 +25,7 @@ def chat_body(**fields: Any) -> dict[str, Any]:
     {"user": "u1", "metadata": {"k": "v"}, "store": True, "prompt_cache_key": "p", "safety_identifier": "s",
      "service_tier": "auto", "verbosity": "medium"},
     {"skip_special_tokens": True, "include_stop_str_in_output": False, "add_generation_prompt": True,
-     "chat_template_kwargs": {}, "stop_token_ids": []},
+     "chat_template_kwargs": {}},
 ])
 def test_neutral_fields_and_vllm_extras_at_their_defaults_are_accepted(fields: dict[str, Any]) -> None:
     rec = parse_obj(chat_body(**fields))
@@ -34,7 +34,7 @@ def test_neutral_fields_and_vllm_extras_at_their_defaults_are_accepted(fields: d
 
 @pytest.mark.parametrize("name, value", [
     ("skip_special_tokens", False), ("include_stop_str_in_output", True), ("add_generation_prompt", False),
-    ("chat_template_kwargs", {"enable_thinking": True}), ("stop_token_ids", [2]), ("verbosity", "low"),
+    ("chat_template_kwargs", {"enable_thinking": True}), ("verbosity", "low"),
     ("guided_json", {"type": "object"}),
 ])
 def test_extras_that_would_change_the_output_are_refused(name: str, value: Any) -> None:
@@ -42,6 +42,15 @@ def test_extras_that_would_change_the_output_are_refused(name: str, value: Any) 
     assert (bad.code, bad.param, bad.openai, bad.status) == ("unsupported_field", name, True, 400)
     plain = bad_line({"prompt": "p", name: value})  # the same on a plain line
     assert (plain.code, plain.param) == ("unsupported_field", name)
+
+
+def test_stop_token_ids_are_read_on_every_line_format() -> None:
+    for obj in (chat_body(stop_token_ids=[7, 2, 7]), {"prompt": "p", "stop_token_ids": [7, 2]}):
+        rec = parse_obj(obj)
+        assert isinstance(rec, InputRecord) and rec.sampling.apply(SamplingParams()).stop_token_ids == (2, 7)
+    assert parse_obj({"prompt": "p", "stop_token_ids": []}).sampling.apply(SamplingParams()).stop_token_ids == ()
+    for bad in ("2", [2.5], [-1], [True], {"2": 1}):
+        assert bad_line({"prompt": "p", "stop_token_ids": bad}).param == "stop_token_ids"
 
 
 def test_ignore_eos_is_implemented_on_every_line_format() -> None:

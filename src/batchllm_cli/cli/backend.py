@@ -112,7 +112,7 @@ def _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, default
     tokens = 0
     texts = [rec.prompt for rec, _ in batch if rec.prompt is not None]
     encoded = iter(tokenizer.encode_batch(texts))
-    vocab = getattr(tokenizer, "vocab_size", None)  # bounds logit_bias ids
+    vocab = getattr(tokenizer, "vocab_size", None)  # bounds logit_bias and stop_token_ids ids
     for rec, done in batch:
         try:
             ids = next(encoded) if rec.prompt is not None else tokenizer.encode_chat(list(rec.messages or ()))
@@ -132,6 +132,11 @@ def _tokenize_batch(batch, tokenizer, max_model_len, defaults, job_seed, default
             if not done:
                 message = f"logit_bias names token {params.logit_bias[-1][0]}, outside the vocabulary of {vocab} tokens"
                 out.rejected.append(BadLine(rec.line, rec.id, "invalid_field", message, "logit_bias", _is_openai(rec)))
+            continue
+        if params.stop_token_ids and vocab is not None and params.stop_token_ids[-1] >= vocab:
+            if not done:
+                message = f"stop_token_ids names token {params.stop_token_ids[-1]}, outside the vocabulary of {vocab} tokens"
+                out.rejected.append(BadLine(rec.line, rec.id, "invalid_field", message, "stop_token_ids", _is_openai(rec)))
             continue
         total = len(ids) + params.max_tokens
         if total > max_model_len:

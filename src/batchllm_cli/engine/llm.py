@@ -124,6 +124,8 @@ class LLM:
             raise InputError(f"request {rid!r}: token ids must be in [0, {self.model_config.vocab_size})")
         if params.logit_bias and params.logit_bias[-1][0] >= self.model_config.vocab_size:
             raise InputError(f"request {rid!r}: logit_bias token ids must be in [0, {self.model_config.vocab_size})")
+        if params.stop_token_ids and max(params.stop_token_ids) >= self.model_config.vocab_size:
+            raise InputError(f"request {rid!r}: stop_token_ids must be in [0, {self.model_config.vocab_size})")
         total = arr.shape[0] + params.max_tokens
         if total > self.max_model_len:
             raise InputError(

@@ -101,24 +101,28 @@ class Sampler:
 
     def __init__(self, job_seed: int = 0, eos_token_ids: Sequence[int] = ()) -> None:
         self.job_seed = job_seed
-        self.eos_token_ids = list(eos_token_ids)  # never drawn by a row short of its min_tokens
+        self.eos_token_ids = list(eos_token_ids)  # never drawn by a row short of its min_tokens (nor its stop_token_ids)
 
     def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> torch.Tensor:
         """logits [rows, vocab] float32 -> [rows] int64 token ids, on the logits' device (no
         wait for the device: per-row parameters travel in non-blocking copies)."""
         assert logits.shape[0] == len(rows)
         penalized = [i for i, r in enumerate(rows) if r.params.has_penalties]
-        too_short = [i for i, r in enumerate(rows) if r.position < r.params.min_tokens] if self.eos_token_ids else []
+        too_short = [i for i, r in enumerate(rows) if r.position < r.params.min_tokens
+                     and (self.eos_token_ids or r.params.stop_token_ids)]
         biased = [i for i, r in enumerate(rows) if r.params.logit_bias]
         if penalized or too_short or biased:
             logits = logits.clone()  # the caller's raw logits stay as they are (logprob reports)
         for i in biased:
             ids, bias = zip(*rows[i].params.logit_bias)
             logits[i, _on(list(ids), torch.int64, logits.device)] += _on(list(bias), logits.dtype, logits.device)
-        if too_short:
+        if too_short and self.eos_token_ids:
             row_idx = _on(too_short, torch.int64, logits.device)[:, None]
             eos_idx = _on(self.eos_token_ids, torch.int64, logits.device)[None, :]
             logits[row_idx, eos_idx] = float("-inf")
+        for i in too_short:  # a row's own stop tokens are kept out as EOS is (vLLM's min_tokens)
+            if rows[i].params.stop_token_ids:
+                logits[i, _on(list(rows[i].params.stop_token_ids), torch.int64, logits.device)] = float("-inf")
         if penalized:
             sub = [rows[i] for i in penalized]
             logits[penalized] = apply_penalties(

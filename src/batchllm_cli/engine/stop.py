@@ -1,4 +1,5 @@
-"""Stop conditions: EOS ids from the model's config and stop strings; max_tokens is the scheduler's.
+"""Stop conditions: EOS ids from the model's config, a request's stop_token_ids and stop strings;
+max_tokens is the scheduler's.
 
 A stop string ends its request with finish_reason "stop" and the text is cut before it. The text
 of a request with stop strings is built incrementally; other requests are decoded once at the end.
@@ -29,6 +30,8 @@ class StopChecker:
         params = state.request.sampling
         early = state.num_output < params.min_tokens  # no stop yet (the sampler keeps EOS out)
         if token in self.eos_token_ids and not params.ignore_eos and not early:
+            return "stop"
+        if params.stop_token_ids and token in params.stop_token_ids and not early:
             return "stop"
         if params.stop and self.tokenizer is not None:
             detok = self._detok.get(state.index)

@@ -16,7 +16,7 @@ from batchllm_cli.types import MAX_BIAS, MAX_LOGPROBS, MAX_PENALTY, SamplingPara
 SAMPLING_FIELDS = (
     "max_tokens", "min_tokens", "temperature", "top_p", "top_k", "seed", "stop", "min_p",
     "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs", "top_logprobs", "logit_bias",
-    "ignore_eos",
+    "ignore_eos", "stop_token_ids",
 )
 # How a line kind spells logprobs: OpenAI chat `logprobs: true` + `top_logprobs: k`; OpenAI
 # completions `logprobs: k`; our plain and chat lines either.
@@ -26,6 +26,7 @@ MAX_N = 128  # most samples of one prompt (OpenAI's limit for n)
 OPENAI_MAX_TEMPERATURE = 2.0  # OpenAI's API reference: temperature 0-2
 OPENAI_MAX_STOP = 4  # OpenAI's API reference: up to 4 stop sequences
 MAX_BIASED = 1024  # most tokens one line's logit_bias may name
+MAX_STOP_TOKEN_IDS = 1024  # most tokens one line's stop_token_ids may name
 ROLES = ("system", "user", "assistant")
 MAX_SEED = 2**63  # seeds are kept as signed 64-bit values
 
@@ -49,7 +50,6 @@ NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
     "reasoning_effort": (),
     "verbosity": ("medium",),  # OpenAI's default; other values ask for shorter or longer answers
     # vLLM's extras, at the values that are batchllm's behaviour
-    "stop_token_ids": ([],),
     "skip_special_tokens": (True,),  # batchllm's output text never holds special tokens
     "include_stop_str_in_output": (False,),  # the text is cut before the stop string
     "add_generation_prompt": (True,),  # messages always end with the assistant turn opened
@@ -98,6 +98,7 @@ class SamplingOverrides:
     min_tokens: int | None = None
     logit_bias: tuple[tuple[int, float], ...] | None = None
     ignore_eos: bool | None = None
+    stop_token_ids: tuple[int, ...] | None = None
 
     def apply(self, defaults: SamplingParams) -> SamplingParams:
         """The line's SamplingParams; FieldError when its values and the job's defaults do not
@@ -186,8 +187,17 @@ def sampling_overrides(
         raise FieldError("ignore_eos", f"ignore_eos must be true or false, got {_show(ignore_eos)}")
     return SamplingOverrides(
         max_tokens, temperature, top_p, top_k, seed, stop, min_p, presence, frequency, repetition, logprobs,
-        min_tokens, _logit_bias(obj.get("logit_bias")), ignore_eos,
+        min_tokens, _logit_bias(obj.get("logit_bias")), ignore_eos, _stop_token_ids(obj.get("stop_token_ids")),
     )
+
+
+def _stop_token_ids(value: Any) -> tuple[int, ...] | None:
+    """vLLM's stop_token_ids: a list of token ids (sorted, once each); None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_STOP_TOKEN_IDS or not all(_is_int(t) and t >= 0 for t in value):
+        raise FieldError("stop_token_ids", f"stop_token_ids must be a list of at most {MAX_STOP_TOKEN_IDS} token ids >= 0, got {_show(value)}")
+    return tuple(sorted(set(value)))
 
 
 def _logit_bias(value: Any) -> tuple[tuple[int, float], ...] | None:
