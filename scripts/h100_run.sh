@@ -7,7 +7,7 @@
 #              sglang-like, $REPEATS interleaved runs                          -> peers.json, peers.png
 #   paper      `batchllm bench --suite paper --scale $PAPER_SCALE` in the paper's KV regime
 #              (gets whatever time is left; finished cases are kept)            -> paper.json, paper.png
-#   attention, decode, e2e   the kernel and decode-step benchmarks, bench_e2e.py (older scripts)
+#   attention, decode   the kernel and decode-step benchmarks
 # Everything goes to $OUT (default results/), flat, 8 files at most: install.log, gpu.txt,
 # tests.log, bench.log and the JSON/PNG pairs (the PNGs need matplotlib's wheels in .whl/; else
 # `batchllm bench --replot OUT/paper.json` draws them afterwards on any machine). The call stops
@@ -53,8 +53,5 @@ if [[ $WHAT == *attention* ]]; then
 fi
 if [[ $WHAT == *decode* ]]; then
   limited 240 python3 benchmarks/bench_decode_step.py --out "$OUT/decode_step.json" 2>&1 | tail -20 | tee "$OUT/decode_step.log" || status=1
-fi
-if [[ $WHAT == *e2e* ]]; then
-  limited 420 python3 benchmarks/bench_e2e.py --workloads peers-1b --out "$OUT/e2e.json" 2>&1 | tail -30 | tee "$OUT/e2e.log" || status=1
 fi
 exit $status

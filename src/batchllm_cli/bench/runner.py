@@ -242,17 +242,3 @@ def release_memory() -> None:
             torch.cuda.empty_cache()
     except ImportError:
         pass
-
-
-def run_systems(
-    bench: BenchModel,
-    workload: Workload,
-    systems: Sequence[str],
-    *,
-    warmup: bool = True,
-    on_event: EventFn | None = None,
-    hf_options: dict[str, Any] | None = None,
-) -> list[RunResult]:
-    """One timed run of each system (benchmarks/bench_e2e.py's interface)."""
-    options = BenchOptions(repeats=1, warmup=warmup, count_work=False, hf_options=hf_options)
-    return run_workload(bench, workload, systems, options, on_event).runs
