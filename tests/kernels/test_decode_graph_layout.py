@@ -35,8 +35,8 @@ def _padded_meta(step, size: int, gqa: int, num_kv_heads: int) -> tuple[Attentio
         own_block_tables=own_tables, shared_ids=meta.shared_ids.tolist(), shared_lens=shared_lens,
         shared_block_tables=shared_tables, size=size,
     )
-    assert layout.slot_mapping[n:].tolist() == [-1] * (size - n)
-    assert layout.slot_mapping[:n].tolist() == meta.slot_mapping.tolist()
+    assert layout.host.slot_mapping[n:].tolist() == [-1] * (size - n)
+    assert layout.host.slot_mapping[:n].tolist() == meta.slot_mapping.tolist()
     block_m, splits = launch_key(layout, n, gqa, num_kv_heads, torch.device(DEVICE))
 
     def t(x):  # noqa: ANN001
@@ -45,10 +45,10 @@ def _padded_meta(step, size: int, gqa: int, num_kv_heads: int) -> tuple[Attentio
     padded = AttentionMetadata(
         block_size=BLOCK, num_decodes=size, max_q_len=1, max_kv_len=layout.max_kv_len,
         cu_seqlens_q=torch.arange(size + 1, dtype=torch.int32, device=DEVICE),
-        own_ctx_lens=t(layout.own_ctx_lens), own_block_tables=t(layout.own_block_tables),
-        shared_ids=t(layout.shared_ids), shared_lens=t(layout.shared_lens),
-        shared_block_tables=t(layout.shared_block_tables), slot_mapping=t(layout.slot_mapping),
-        decode_group_ptr=t(layout.decode_group_ptr), decode_group_shared=t(layout.decode_group_shared),
+        own_ctx_lens=t(layout.host.own_ctx_lens), own_block_tables=t(layout.host.own_block_tables),
+        shared_ids=t(layout.host.shared_ids), shared_lens=t(layout.host.shared_lens),
+        shared_block_tables=t(layout.host.shared_block_tables), slot_mapping=t(layout.host.slot_mapping),
+        decode_group_ptr=t(layout.host.decode_group_ptr), decode_group_shared=t(layout.host.decode_group_shared),
         decode_block_m=block_m, decode_splits=splits,
     )
     return padded, layout.num_groups
@@ -83,3 +83,35 @@ def test_padded_decode_layout_matches_the_real_step(groups, gqa):
 def test_buckets():
     assert bucket_for(1) == 1 and bucket_for(3) == 4 and bucket_for(200) == 256
     assert bucket_for(10_000) is None
+
+
+def test_graph_buffers_hold_the_padded_layout_and_the_fed_tokens():
+    # The static buffers a graph replays are filled by two packed copies plus device-side copies
+    # of the block-table columns in use and of the tokens fed from the previous step; on the CPU
+    # here (the same code moves the same bytes on a GPU, there without waiting).
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from batchllm_cli.engine.cuda_graphs import DecodeGraphs, pad_layout
+    from batchllm_kernels.metadata import HostLayout
+
+    model = SimpleNamespace(config=SimpleNamespace(num_heads=4, num_kv_heads=2))
+    graphs = DecodeGraphs(model, [], BLOCK, max_model_len=256, device=torch.device("cpu"))
+    own = [[3, 4], [5], [6, 7, 8]]
+    layout = HostLayout.build(BLOCK, [1, 1, 1], [17, 2, 40], own, [0, 0, -1], [32], [[1, 2]])
+    padded = pad_layout(layout, np.array([11, 0, 13]), np.array([49, 34, 40]), size=4)
+    buf = graphs._static(4)
+    buf["own_block_tables"].fill_(99)  # older columns may stay: only those in use are copied
+    feed = (torch.tensor([1]), torch.tensor([12]))  # row 1's token was drawn by the step before
+    graphs._fill(buf, padded, feed)
+    assert buf["input_ids"].tolist() == [11, 12, 13, 0]
+    assert buf["positions"].tolist() == [49, 34, 40, 0]
+    assert buf["slot_mapping"].tolist() == [4 * BLOCK + 1, 5 * BLOCK + 2, 8 * BLOCK + 8, -1]
+    assert buf["own_ctx_lens"].tolist() == [17, 2, 40, 0]
+    assert buf["own_block_tables"][:3, :3].tolist() == [[3, 4, 0], [5, 0, 0], [6, 7, 8]]
+    assert buf["shared_ids"].tolist() == [0, 0, -1, -1] and buf["shared_lens"][:1].tolist() == [32]
+    assert buf["shared_block_tables"][0, :2].tolist() == [1, 2]
+    # groups: the two decodes on segment 0, the solo decode, the padding row, then empty groups
+    assert buf["decode_group_ptr"].tolist() == [0, 2, 3, 4, 4]
+    assert buf["decode_group_shared"].tolist() == [0, -1, -1, -1]

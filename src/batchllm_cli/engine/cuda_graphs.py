@@ -42,9 +42,6 @@ class DecodeLayout:
     num_groups: int  # real decode groups (before the padding groups)
     max_kv_len: int  # over the real decodes
 
-    def __getattr__(self, name: str) -> Any:  # the HostLayout's arrays, by their names
-        return getattr(self.host, name)
-
 
 def bucket_for(n: int) -> int | None:
     """The smallest bucket that holds n decodes; None when none does."""
