@@ -74,6 +74,15 @@ def test_openai_bodies_are_held_to_openai_ranges(fields: dict[str, Any], param: 
     assert (bad.param, bad.status, bad.openai) == (param, 400, True)
 
 
+def test_completion_bodies_take_at_most_5_logprobs() -> None:
+    ok = parse_obj(openai_line(COMPLETIONS_URL, {"prompt": "x", "model": "m", "logprobs": 5}))
+    assert isinstance(ok, InputRecord) and ok.sampling.logprobs == 5
+    bad = bad_line(openai_line(COMPLETIONS_URL, {"prompt": "x", "model": "m", "logprobs": 6}))
+    assert (bad.param, bad.status) == ("logprobs", 400)
+    plain = parse_obj({"prompt": "p", "logprobs": 6})  # plain lines keep vLLM's limit
+    assert isinstance(plain, InputRecord) and plain.sampling.logprobs == 6
+
+
 def test_plain_lines_keep_batchllm_limits() -> None:
     """vLLM takes any temperature >= 0 and any number of stop strings: so do plain lines."""
     rec = parse_obj({"prompt": "p", "temperature": 3.0, "stop": ["a", "b", "c", "d", "e"], "tool_choice": "auto"})

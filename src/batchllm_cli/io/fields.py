@@ -25,6 +25,7 @@ LOGPROBS_OFF = -1  # a line's explicit "no logprobs" (wins over a job default)
 MAX_N = 128  # most samples of one prompt (OpenAI's limit for n)
 OPENAI_MAX_TEMPERATURE = 2.0  # OpenAI's API reference: temperature 0-2
 OPENAI_MAX_STOP = 4  # OpenAI's API reference: up to 4 stop sequences
+OPENAI_MAX_COMPLETION_LOGPROBS = 5  # OpenAI's API reference: /v1/completions logprobs 0-5
 MAX_BIASED = 1024  # most tokens one line's logit_bias may name
 MAX_STOP_TOKEN_IDS = 1024  # most tokens one line's stop_token_ids may name
 ROLES = ("system", "user", "assistant")
@@ -177,6 +178,8 @@ def sampling_overrides(
         if repetition <= 0:
             raise FieldError("repetition_penalty", f"repetition_penalty must be > 0, got {repetition}")
     logprobs = _logprobs(obj, logprobs_style)
+    if openai and logprobs_style == "completion" and logprobs is not None and logprobs > OPENAI_MAX_COMPLETION_LOGPROBS:
+        raise FieldError("logprobs", f"logprobs takes at most {OPENAI_MAX_COMPLETION_LOGPROBS} on /v1/completions, got {logprobs}")
     min_tokens = obj.get("min_tokens")
     if min_tokens is not None and (not _is_int(min_tokens) or min_tokens < 0):
         raise FieldError("min_tokens", f"min_tokens must be an integer >= 0, got {_show(min_tokens)}")
