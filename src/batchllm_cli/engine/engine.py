@@ -4,6 +4,7 @@ Completions at once."""
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -47,6 +48,57 @@ class _Launched:
     output: StepOutput
 
 
+class Engine:
+    """One job on one model runner: the scheduler over its plan and the steps on the device.
+
+    On CUDA it runs one step ahead: step N+1 is scheduled and launched while step N runs, and
+    N's tokens are applied after (its decodes read N's tokens on the device). Worst-case KV
+    reservation means no allocation waits for a token. A request that stopped at N (EOS, stop
+    string) is in N+1 once more; that token is dropped. Penalties read every earlier token on
+    the host, so a job with penalties runs one step at a time.
+    """
+
+    def __init__(self, runner: ModelRunner, requests: Sequence[Request], plan: Plan, stop: StopChecker, *,
+                 token_budget: int, memory_bound: float, policy: str = "batchllm",
+                 max_running: int | None = None) -> None:
+        self.runner = runner
+        self.stop = stop
+        self.scheduler = make_scheduler(
+            policy, requests, plan.groups, BlockPool(runner.num_blocks), block_size=runner.config.block_size,
+            token_budget=token_budget, memory_bound=memory_bound, max_running=max_running,
+        )
+        # launched steps whose tokens may still be on their way: one on CUDA, none on the CPU
+        self.ahead = 1 if runner.overlaps and not any(r.sampling.has_penalties for r in requests) else 0
+        self.tally = _Tally(time.perf_counter(), len(requests))
+        self._launched: deque[_Launched] = deque()
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    def step(self) -> list[Completion] | None:
+        """Schedules and launches the next step; then, once more than `ahead` steps are on the
+        device, applies the oldest one and returns the requests it finished (None: none applied)."""
+        batch = self.scheduler.schedule()
+        if batch.items:
+            self._launched.append(self._launch(batch))
+        elif not self._launched:
+            raise RuntimeError("the scheduler made no progress: this is a bug in batchllm")
+        if len(self._launched) <= (self.ahead if batch.items else 0):
+            return None
+        finished = _apply(self.scheduler, self._launched.popleft(), self.stop, self.tally)
+        return [_completion(state, self.stop) for state in finished]
+
+    def progress(self) -> EngineProgress:
+        return self.tally.progress(self.scheduler)
+
+    def _launch(self, batch: StepBatch) -> _Launched:
+        running = self.scheduler.active_states()
+        sampling = [running[batch.items[i].request] for i in batch.sample_items]
+        prev = self._launched[-1].output if self._launched else None
+        return _Launched(batch, sampling, self.runner.launch(batch, [_sample_row(s) for s in sampling], prev))
+
+
 def run_plan(
     runner: ModelRunner,
     requests: Sequence[Request],
@@ -62,45 +114,16 @@ def run_plan(
     """Executes `plan` on `runner`, yielding each request's Completion as soon as it finishes.
 
     policy: "batchllm" runs the plan's groups; "vllm-like" / "sglang-like" ignore them and run
-    the requests in order over an LRU prefix cache (engine/caching.py), for comparisons.
-
-    On CUDA the loop runs one step ahead: step N+1 is scheduled and launched while step N runs,
-    and N's tokens are applied after (its decodes read N's tokens on the device). Worst-case KV
-    reservation means no allocation waits for a token. A request that stopped at N (EOS, stop
-    string) is in N+1 once more; that token is dropped. Penalties read every earlier token on
-    the host, so a job with penalties runs one step at a time.
-    """
-    pool = BlockPool(runner.num_blocks)
-    scheduler = make_scheduler(
-        policy,
-        requests,
-        plan.groups,
-        pool,
-        block_size=runner.config.block_size,
-        token_budget=token_budget,
-        memory_bound=memory_bound,
-        max_running=max_running,
-    )
-    ahead = 1 if runner.overlaps and not any(r.sampling.has_penalties for r in requests) else 0
-    tally = _Tally(time.perf_counter(), len(requests))
-    launched: list[_Launched] = []
-    while scheduler.has_work:
-        batch = scheduler.schedule()
-        if batch.items:
-            running = scheduler.active_states()
-            sampling = [running[batch.items[i].request] for i in batch.sample_items]
-            rows = [_sample_row(s) for s in sampling]
-            prev = launched[-1].output if launched else None
-            launched.append(_Launched(batch, sampling, runner.launch(batch, rows, prev)))
-        elif not launched:
-            raise RuntimeError("the scheduler made no progress: this is a bug in batchllm")
-        if len(launched) > (ahead if batch.items else 0):
-            done = launched.pop(0)
-            finished = _apply(scheduler, done, stop, tally)
-            for state in finished:
-                yield _completion(state, stop)
-            if on_progress is not None:
-                on_progress(tally.progress(scheduler))
+    the requests in order over an LRU prefix cache (engine/caching.py), for comparisons."""
+    engine = Engine(runner, requests, plan, stop, token_budget=token_budget, memory_bound=memory_bound,
+                    policy=policy, max_running=max_running)
+    while engine.has_work:
+        finished = engine.step()
+        if finished is None:
+            continue
+        yield from finished
+        if on_progress is not None:
+            on_progress(engine.progress())
 
 
 def _sample_row(state: RequestState) -> SampleRow:
