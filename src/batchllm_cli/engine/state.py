@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from batchllm_cli.types import FinishReason, Request, TokenLogprob
+
+if TYPE_CHECKING:
+    from batchllm_cli.engine.sampler import SampleRow
 
 
 def blocks_for(num_tokens: int, block_size: int) -> int:
@@ -67,7 +70,7 @@ class RequestState:
     finish_reason: FinishReason | None = None
     pending: int = 0  # tokens being drawn by issued steps, not applied yet
     sample_row: int = -1  # its row among the sampled tokens of the last step it sampled in
-    sample_row_cache: Any = None  # the engine's SampleRow of this request (engine/engine.py)
+    sample_row_cache: SampleRow | None = None  # the engine's SampleRow of this request (engine/engine.py)
     _table: tuple[int, ...] | None = None
 
     @property
