@@ -116,3 +116,18 @@ def test_make_scheduler_picks_by_policy():
 
     assert type(make_scheduler("batchllm", requests, [PrefixGroup(0, (0,))], BlockPool(8), **settings)) is Scheduler
     assert isinstance(make_scheduler("sglang-like", requests, [], BlockPool(8), **settings).admission, CachingAdmission)
+
+
+@pytest.mark.parametrize("policy", ["vllm-like", "sglang-like"])
+def test_a_cached_prefix_it_takes_is_not_counted_as_free_memory(policy):
+    # A's two full prompt blocks stay cached (evictable) after it finishes. B reuses them, so
+    # taking them pins them: they can no longer be evicted to make room for B's other 3 blocks.
+    # With C holding 2 of the 6 blocks, only 2 are free: B must wait for C, not evict nothing.
+    a = np.arange(1, 10, dtype=np.int32)  # 9 tokens: 2 full blocks of 4 + 1
+    c = np.array([40, 41, 42, 43], dtype=np.int32)
+    b = np.concatenate([a[:8], np.arange(20, 28)]).astype(np.int32)  # 16 tokens, A's 2 blocks first
+    requests = [Request(0, "a", a, SamplingParams(max_tokens=1)), Request(1, "c", c, SamplingParams(max_tokens=2)),
+                Request(2, "b", b, SamplingParams(max_tokens=5))]
+    outputs, _, cached, _, sched = run_policy(requests, policy, num_blocks=6, block_size=4, token_budget=9)
+    assert outputs == {r.index: run_alone(r) for r in requests}
+    assert cached[2] == 8  # B still reused A's prefix once C was done

@@ -60,7 +60,8 @@ class CachingAdmission:
             request = s.requests[self._waiting[pos]]
             hit = self.cache.match(request.prompt_ids)
             need = blocks_for(request.prompt_len + request.sampling.max_tokens - 1, s.block_size) - hit
-            if need > self._free_blocks():
+            # the cached blocks it takes stop being evictable: they cannot make room for `need`
+            if need + self.cache.num_evictable_in(request.prompt_ids, hit) > self._free_blocks():
                 return
             del self._waiting[pos]
             cached = self.cache.take(request.prompt_ids, hit)

@@ -58,6 +58,11 @@ class PrefixCache:
             n += 1
         return n
 
+    def num_evictable_in(self, prompt_ids: np.ndarray, num_blocks: int) -> int:
+        """How many of the first `num_blocks` cached blocks of `prompt_ids` are evictable now:
+        taking them pins them, so they stop counting as memory that eviction can free."""
+        return sum(self._block_of[h] in self._evictable for h in self._hashes(prompt_ids, num_blocks))
+
     def take(self, prompt_ids: np.ndarray, num_blocks: int) -> list[int]:
         """The first `num_blocks` cached blocks of `prompt_ids` (as `match` found them), with a
         reference each for the request that takes them."""
