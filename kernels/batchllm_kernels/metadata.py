@@ -79,6 +79,12 @@ class AttentionMetadata:
         return layout.to_device(device)
 
 
+def int_specialization(value: int) -> int:
+    """The class Triton compiles an integer kernel argument for (unless do_not_specialize names
+    it): 1, a multiple of 16, or anything else."""
+    return 1 if value == 1 else 16 if value % 16 == 0 else 0
+
+
 def ragged_table(rows: Sequence[Sequence[int]], width: int | None = None, height: int | None = None) -> np.ndarray:
     """[height, width] int32 (default: rows x the longest row, at least 1 column), rows padded with 0."""
     lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
@@ -115,6 +121,15 @@ class HostLayout:
     @property
     def num_decode_groups(self) -> int:
         return int(self.decode_group_shared.shape[0])
+
+    def specialization(self) -> tuple[int, ...]:
+        """What the Triton kernels of an eager step compile for, besides the model's shapes: the
+        integer classes (int_specialization) of the step's counts, which the
+        kernels take as arguments. Two steps with one specialization use the same variants, so
+        a start-up warm-up that runs one step of each compiles all of a job's variants."""
+        counts = (int(self.slot_mapping.shape[0]), self.num_decodes, int(self.own_ctx_lens.shape[0]), self.num_decode_groups,
+                  int(self.shared_lens.shape[0]), self.max_q_len)
+        return tuple(int_specialization(c) for c in counts) + (self.num_decodes > 0, counts[0] > self.num_decodes)
 
     @classmethod
     def build(

@@ -27,6 +27,26 @@ def num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+_compiles = 0
+
+
+def _count_compile(**_: object) -> None:
+    global _compiles
+    _compiles += 1
+
+
+def kernel_variants_compiled() -> int:
+    """Triton kernel variants this process has compiled (loaded into memory, from Triton's disk
+    cache or built) since the first call: a run that shows a rise compiled inside it. Installs
+    a post-compile hook on the first call; 0 forever when another hook is already installed."""
+    from triton import knobs
+
+    hook = knobs.runtime.jit_post_compile_hook
+    if hook is None:
+        knobs.runtime.jit_post_compile_hook = _count_compile
+    return _compiles
+
+
 def needs_wide_offsets(cache: torch.Tensor) -> bool:
     """Whether element offsets into `cache` can pass 2**31 - 1 (then kernels compute them in int64)."""
     return sum((n - 1) * st for n, st in zip(cache.shape, cache.stride())) >= 2**31 - 1

@@ -48,3 +48,21 @@ def test_one_step_ahead_answers_like_the_plain_loop(smollm2_source, smollm2_mode
     plain, ahead = run(False), run(True)
     assert ahead == plain
     assert {r for _, _, r in plain} == {"length", "stop"}  # EOS, stop strings and max_tokens all end some
+
+
+def test_start_up_warm_up_leaves_the_answers_as_they_were(smollm2_source, smollm2_model):
+    # The warm-up runs one step of each eager shape of a dry run of the job, writing K/V into
+    # blocks that no request holds yet; the job after it must answer exactly as without it.
+    from batchllm_cli.engine.llm import LLM
+
+    def run(warmup: bool):
+        llm = LLM.from_loaded(smollm2_source, smollm2_model, device="cpu", token_budget=16, num_kv_blocks=96,
+                              warmup=warmup, overlap=True)
+        return llm, [(c.text, c.token_ids, c.finish_reason) for c in llm.generate(PROMPTS, _params())]
+
+    _, cold = run(False)
+    llm, warm = run(True)
+    assert warm == cold
+    report = llm.warm_up(llm.make_requests(PROMPTS, _params()), llm.plan(llm.make_requests(PROMPTS, _params())))
+    assert report.steps > 0 and report.graph_keys == report.graphs_captured == 0  # no graphs on a CPU
+    assert report.specializations > 1 and report.eager_steps_run == 0  # all run by the warm-up in generate

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from batchllm_cli.engine.cuda_graphs import bucket_for, launch_key, pad_decode_layout
+from batchllm_cli.engine.cuda_graphs import bucket_for, graph_key, pad_decode_layout
 from batchllm_kernels import reference, triton_ops
-from batchllm_kernels.metadata import AttentionMetadata
+from batchllm_kernels.metadata import AttentionMetadata, HostLayout
 from triton_cases import DEVICE, decode_items, make_step, tolerance
 
 BLOCK = 16
@@ -37,13 +37,15 @@ def _padded_meta(step, size: int, gqa: int, num_kv_heads: int) -> tuple[Attentio
     )
     assert layout.host.slot_mapping[n:].tolist() == [-1] * (size - n)
     assert layout.host.slot_mapping[:n].tolist() == meta.slot_mapping.tolist()
-    block_m, splits = launch_key(layout, n, gqa, num_kv_heads, torch.device(DEVICE))
+    real = HostLayout.build(BLOCK, [1] * n, ctx, own_tables, meta.shared_ids.tolist(), shared_lens, shared_tables)
+    bucket, block_m, splits = graph_key(real, gqa, num_kv_heads, torch.device(DEVICE))
+    assert bucket == bucket_for(n)
 
     def t(x):  # noqa: ANN001
         return torch.from_numpy(x).to(DEVICE)
 
     padded = AttentionMetadata(
-        block_size=BLOCK, num_decodes=size, max_q_len=1, max_kv_len=layout.max_kv_len,
+        block_size=BLOCK, num_decodes=size, max_q_len=1, max_kv_len=real.max_kv_len,
         cu_seqlens_q=torch.arange(size + 1, dtype=torch.int32, device=DEVICE),
         own_ctx_lens=t(layout.host.own_ctx_lens), own_block_tables=t(layout.host.own_block_tables),
         shared_ids=t(layout.host.shared_ids), shared_lens=t(layout.host.shared_lens),
@@ -51,7 +53,7 @@ def _padded_meta(step, size: int, gqa: int, num_kv_heads: int) -> tuple[Attentio
         decode_group_ptr=t(layout.host.decode_group_ptr), decode_group_shared=t(layout.host.decode_group_shared),
         decode_block_m=block_m, decode_splits=splits,
     )
-    return padded, layout.num_groups
+    return padded, real.num_decode_groups
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,8 @@ class RunResult:
     model_tokens: int | None = None  # prefill + decode tokens run through the model
     token_budget: int | None = None
     graph_captures: int | None = None  # CUDA graphs captured inside the timed run (0 when warm)
+    kernel_compiles: int | None = None  # Triton kernel variants compiled inside it (0 when warm)
+    warmup_s: float | None = None  # the engine's start-up warm-up before the run (not timed)
     roofline_s: float | None = None  # the run's work at the measured device rates (roofline.py)
     notes: tuple[str, ...] = ()
 

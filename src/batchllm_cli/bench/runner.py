@@ -182,18 +182,19 @@ def _execute(llm: Any, workload: Workload, requests: Sequence[Any], system: str,
         if on_progress is not None:
             on_progress(p)
 
-    captures_before = graph_captures(llm)
+    warmup = llm.warm_up(requests, llm.plan(requests)) if llm.config.warmup else None  # outside the timing
+    captures_before, compiles_before = graph_captures(llm), kernel_compiles(llm)
     _sync(llm)
     start = time.perf_counter()
     plan = llm.plan(requests)
     plan_s = time.perf_counter() - start
     output_tokens = short = 0
-    for c in llm.stream(requests, plan, on_progress=progress):
+    for c in llm.stream(requests, plan, on_progress=progress, warm=False):
         output_tokens += c.completion_tokens
         short += c.completion_tokens < workload.spec.output_len
     _sync(llm)
     elapsed = time.perf_counter() - start
-    captures_after = graph_captures(llm)
+    captures_after, compiles_after = graph_captures(llm), kernel_compiles(llm)
     return RunResult(
         system=system,
         num_requests=len(requests),
@@ -210,6 +211,8 @@ def _execute(llm: Any, workload: Workload, requests: Sequence[Any], system: str,
         model_tokens=None if last is None else last.model_tokens,
         token_budget=llm.config.token_budget,
         graph_captures=None if captures_before is None else captures_after - captures_before,
+        kernel_compiles=None if compiles_before is None else compiles_after - compiles_before,
+        warmup_s=None if warmup is None else round(warmup.seconds, 3),
     )
 
 
@@ -217,6 +220,15 @@ def graph_captures(llm: Any) -> int | None:
     """CUDA graphs the LLM's runner has captured so far; None when it uses none."""
     graphs = getattr(getattr(llm, "runner", None), "graphs", None)
     return None if graphs is None else int(graphs.captures)
+
+
+def kernel_compiles(llm: Any) -> int | None:
+    """Triton kernel variants compiled in this process so far (CUDA only; None on a CPU)."""
+    if not llm.config.is_cuda:
+        return None
+    from batchllm_kernels.triton_util import kernel_variants_compiled
+
+    return kernel_variants_compiled()
 
 
 def _sync(llm: Any) -> None:

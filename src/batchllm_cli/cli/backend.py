@@ -303,8 +303,12 @@ class EngineBackend:
             self.on_phase("planning")
             plan = llm.plan(requests)
         self._tokenized = None  # the engine holds the requests from here
-        self.on_phase("running")
-        return reused_only(llm.stream(requests, plan=plan, on_progress=on_progress), computing_members(plan))
+        running = "running"
+        if llm.config.warmup:
+            self.on_phase("warming up: compiling kernels, capturing CUDA graphs")
+            running = f"running ({llm.warm_up(requests, plan).describe()})"
+        self.on_phase(running)
+        return reused_only(llm.stream(requests, plan=plan, on_progress=on_progress, warm=False), computing_members(plan))
 
     def _stream_parallel(self, tok: Tokenized, on_progress: Callable[[Any], None]) -> Iterator[Completion]:
         """One engine per device, each in its own process (engine/parallel.py)."""

@@ -246,6 +246,8 @@ def _print_report(console: Console, report: BenchReport) -> None:
             console.print(f"{r.system}: {r.short_outputs} requests stopped before {report.workload['output_len']} tokens", style="yellow")
         if r.graph_captures:
             console.print(f"{r.system} run {r.repeat + 1}: {r.graph_captures} CUDA graph(s) captured inside the timed run", style="yellow")
+        if r.kernel_compiles:
+            console.print(f"{r.system} run {r.repeat + 1}: {r.kernel_compiles} Triton kernel variant(s) compiled inside the timed run", style="yellow")
     for s in report.unstable():
         console.print(f"{s}: repeated runs differ by more than 10% from their median", style="yellow")
     for t in report.to_dict()["targets"]:

@@ -30,6 +30,8 @@ class EngineConfig:
     min_prefix_tokens: int = 16
     prefix_sharing: bool = True
     cuda_graphs: bool = False
+    # before a job's first step, capture its CUDA graphs and compile its kernels (engine/warmup.py)
+    warmup: bool = False
     # schedule and launch step N+1 while step N runs (engine/engine.py); None: on CUDA only
     overlap: bool | None = None
     seed: int = 0

@@ -11,9 +11,11 @@ height and split count. Everything else is data in static buffers, refilled befo
 token ids, positions, slots, own and shared block tables, and the group layout
 (`decode_group_ptr` / `decode_group_shared`, padded to B groups). The n real decodes fill rows
 0..n-1; the B - n padding rows are decodes of their own with no shared prefix, no cached
-tokens and slot -1 (the KV store skips them), whose outputs are never read. Graphs are captured
-lazily, the first time a key is seen (that step runs eagerly on the static buffers, then is
-captured), and share one memory pool.
+tokens and slot -1 (the KV store skips them), whose outputs are never read. A graph's key is
+known from the host layout alone (`key_of`), so the engine's start-up warm-up
+(engine/warmup.py) captures the keys a dry run of the job's schedule predicts (`capture`, on a
+layout of padding rows alone); a key seen first during the run is captured then (that step runs
+eagerly on the static buffers first). All graphs share one memory pool.
 """
 
 from __future__ import annotations
@@ -39,8 +41,6 @@ class DecodeLayout:
     host: HostLayout  # B rows: the n real decodes, then B - n padding decodes
     input_ids: np.ndarray  # [B] int64 (-1 where the token comes from the previous step)
     positions: np.ndarray  # [B] int64
-    num_groups: int  # real decode groups (before the padding groups)
-    max_kv_len: int  # over the real decodes
 
 
 def bucket_for(n: int) -> int | None:
@@ -82,8 +82,7 @@ def pad_layout(layout: HostLayout, input_ids: np.ndarray, positions: np.ndarray,
         decode_group_ptr=ptr,
         decode_group_shared=pad(layout.decode_group_shared, -1),
     )
-    return DecodeLayout(host, pad(input_ids.astype(np.int64), 0), pad(positions.astype(np.int64), 0), g,
-                        max(layout.max_kv_len, 1))
+    return DecodeLayout(host, pad(input_ids.astype(np.int64), 0), pad(positions.astype(np.int64), 0))
 
 
 def pad_decode_layout(
@@ -105,13 +104,21 @@ def pad_decode_layout(
     return pad_layout(layout, np.asarray(token_ids), np.asarray(positions), size)
 
 
-def launch_key(layout: DecodeLayout, num_decodes: int, gqa: int, num_kv_heads: int, device: Any) -> tuple[int, int]:
-    """(tile height, splits) the decode kernel would choose for the real decodes, with the
-    split count rounded down to a power of two so that few keys cover a whole job."""
+GraphKey = tuple[int, int, int]  # (bucket, decode tile height, decode splits)
+
+
+def graph_key(layout: HostLayout, gqa: int, num_kv_heads: int, device: Any) -> GraphKey:
+    """The key of a decode-only layout's graph: its bucket, and the (tile height, splits) the
+    decode kernel would choose for the real decodes, with the split count rounded down to a
+    power of two so that few keys cover a whole job. Host values only."""
+    n = layout.num_decodes
+    size = bucket_for(n)
+    if size is None:
+        raise ValueError(f"no graph holds a step of {n} decodes")
     block_m, _, splits = decode_launch_shape(
-        num_decodes, layout.num_groups, gqa, num_kv_heads, layout.max_kv_len, device
+        n, layout.num_decode_groups, gqa, num_kv_heads, max(layout.max_kv_len, 1), device
     )
-    return block_m, 1 << int(math.log2(max(1, splits)))
+    return size, block_m, 1 << int(math.log2(max(1, splits)))
 
 
 # The static buffers of one bucket: 1-D int32 fields packed in one tensor (one copy fills them)
@@ -134,7 +141,7 @@ class DecodeGraphs:
         self.num_kv_heads = cfg.num_kv_heads
         self.max_size = BUCKETS[-1]
         self._buffers: dict[int, dict[str, torch.Tensor]] = {}
-        self._graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._graphs: dict[GraphKey, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool: Any = None
         self.replays = 0
         self.captures = 0
@@ -142,37 +149,54 @@ class DecodeGraphs:
     def fits(self, num_decodes: int) -> bool:
         return 0 < num_decodes <= self.max_size
 
-    def keys_for(self, size: int, layout: DecodeLayout, num_decodes: int) -> tuple[int, int, int]:
-        block_m, splits = launch_key(layout, num_decodes, self.gqa, self.num_kv_heads, self.device)
-        return size, block_m, splits
+    def key_of(self, layout: HostLayout) -> GraphKey:
+        """The graph a decode-only step of this layout replays: (bucket, tile height, splits)."""
+        return graph_key(layout, self.gqa, self.num_kv_heads, self.device)
 
-    def run(self, layout: HostLayout, input_ids: np.ndarray, positions: np.ndarray,
+    def has(self, key: GraphKey) -> bool:
+        return key in self._graphs
+
+    @property
+    def full(self) -> bool:
+        return len(self._graphs) >= MAX_GRAPHS
+
+    def capture(self, key: GraphKey) -> None:
+        """Captures `key`'s graph ahead of any step that needs it (start-up warm-up): the static
+        buffers hold `key[0]` padding rows, which store no KV and read none."""
+        if self.has(key) or self.full:
+            return
+        size, block_m, splits = key
+        empty = HostLayout.build(self.block_size, [], [], [], [], [], [])
+        none = np.zeros(0, np.int64)
+        buf = self._static(size)
+        self._fill(buf, pad_layout(empty, none, none, size), None)
+        self._capture(key, buf, self._meta(buf, size, block_m, splits))
+
+    def run(self, layout: HostLayout, key: GraphKey, input_ids: np.ndarray, positions: np.ndarray,
             feed: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """hidden [n, hidden] of a decode-only step of n decodes (a HostLayout in kernel order).
+        """hidden [n, hidden] of a decode-only step of n decodes (a HostLayout in kernel order,
+        `key` its key_of).
 
         feed: (rows [k] int64, tokens [k] int64) on the device: input ids that the previous step
         sampled and the host has not seen yet, written over input_ids[rows]."""
         n = layout.num_decodes
-        size = bucket_for(n)
-        assert size is not None
+        size = key[0]
         widths = (layout.own_block_tables.shape[1], layout.shared_block_tables.shape[1])
         if max(widths) > self.width:
             raise ValueError(f"a block table of {max(widths)} blocks exceeds the context's {self.width}")
-        padded = pad_layout(layout, input_ids, positions, size)
-        key = self.keys_for(size, padded, n)
         buf = self._static(size)
-        self._fill(buf, padded, feed)
+        self._fill(buf, pad_layout(layout, input_ids, positions, size), feed)
         entry = self._graphs.get(key)
         if entry is not None:
             entry[0].replay()
             self.replays += 1
             return entry[1][:n]
         meta = self._meta(buf, size, key[1], key[2])
-        if len(self._graphs) >= MAX_GRAPHS:
+        if self.full:
             return self._forward(buf, meta)[:n]
         return self._capture(key, buf, meta)[:n]
 
-    def _capture(self, key: tuple[int, int, int], buf: dict[str, torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
+    def _capture(self, key: GraphKey, buf: dict[str, torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
         # this step, eagerly on a side stream: compiles the kernels and warms up the libraries
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))

@@ -11,6 +11,7 @@ from batchllm_cli.engine.engine import ProgressFn, run_plan
 from batchllm_cli.engine.runner import ModelRunner, kv_pool_blocks
 from batchllm_cli.engine.stop import StopChecker
 from batchllm_cli.engine.tokenizer import Tokenizer
+from batchllm_cli.engine.warmup import WarmupReport, warm_up
 from batchllm_cli.errors import ConfigError, InputError, ModelError
 from batchllm_cli.planner import Plan, PlanSettings, build_plan
 from batchllm_cli.types import Completion, Request, SamplingParams
@@ -18,7 +19,7 @@ from batchllm_cli.types import Completion, Request, SamplingParams
 Prompt = str | Sequence[dict] | Sequence[int] | np.ndarray
 # EngineConfig fields that only the scheduler and planner read (LLM.with_scheduling may change them)
 _SCHEDULING_FIELDS = frozenset({"policy", "prefix_sharing", "token_budget", "memory_bound", "min_prefix_tokens",
-                                "max_running"})
+                                "max_running", "warmup"})
 
 
 class LLM:
@@ -144,17 +145,28 @@ class LLM:
 
     # ---- running ---------------------------------------------------------------------------
 
+    def warm_up(self, requests: Sequence[Request], plan: Plan) -> WarmupReport:
+        """Captures the CUDA graphs and compiles the kernels that running `plan` will need
+        (engine/warmup.py); `stream` does it first when the config's `warmup` is on."""
+        c = self.config
+        return warm_up(self.runner, requests, plan.groups, token_budget=c.token_budget, memory_bound=c.memory_bound,
+                       policy=c.policy, max_running=c.max_running)
+
     def stream(
         self,
         requests: Sequence[Request],
         plan: Plan | None = None,
         on_progress: ProgressFn | None = None,
+        warm: bool | None = None,
     ) -> Iterator[Completion]:
-        """Runs `requests` (indices 0..n-1), yielding each Completion as its request finishes."""
+        """Runs `requests` (indices 0..n-1), yielding each Completion as its request finishes.
+        warm: warm up first (None: the config's `warmup`; False when the caller did)."""
         if plan is None:
             plan = self.plan(requests)
         else:
             plan.validate(requests)
+        if self.config.warmup if warm is None else warm:
+            self.warm_up(requests, plan)
         stop = StopChecker(self.tokenizer, self.model_config.eos_token_ids)
         yield from run_plan(
             self.runner,

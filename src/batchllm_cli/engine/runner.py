@@ -26,7 +26,7 @@ from batchllm_cli.types import TokenLogprob
 from batchllm_kernels.metadata import HostLayout, upload_packed
 
 if TYPE_CHECKING:
-    from batchllm_cli.engine.cuda_graphs import DecodeGraphs
+    from batchllm_cli.engine.cuda_graphs import DecodeGraphs, GraphKey
 
 
 def kv_pool_blocks(config: EngineConfig, model_config: ModelConfig) -> int:
@@ -61,6 +61,8 @@ class ModelRunner:
         )
         self.sampler = Sampler(job_seed=config.seed, eos_token_ids=self.model_config.eos_token_ids)
         self.graphs: DecodeGraphs | None = None
+        # eager-step specializations whose kernels have run (engine/warmup.py)
+        self.warm_specializations: set[tuple[int, ...]] = set()
         if config.cuda_graphs and self.device.type == "cuda":
             from batchllm_cli.engine.cuda_graphs import DecodeGraphs
 
@@ -108,12 +110,14 @@ class ModelRunner:
         if feed_rows.size and prev is None:
             raise RuntimeError("a decode is fed from a previous step that was not given: a bug in batchllm")
         sample_items = np.asarray(batch.sample_items, dtype=np.int64)
-        if self.graphs is not None and self._graphable(batch):
+        key = self.graph_key(batch, layout)
+        if key is not None:
+            assert self.graphs is not None
             feed = None
             if feed_rows.size:
                 rows_dev, src_dev = upload_packed([feed_rows, feed_src], torch.int64, self.device)
                 feed = (rows_dev, prev.tokens.index_select(0, src_dev))
-            hidden = self.graphs.run(layout, input_ids, positions, feed)  # [num_items, hidden]
+            hidden = self.graphs.run(layout, key, input_ids, positions, feed)  # [num_items, hidden]
         else:
             meta = layout.to_device(self.device)
             ends = layout.cu_seqlens_q[1:][sample_items].astype(np.int64) - 1
@@ -128,10 +132,23 @@ class ModelRunner:
         tokens = self.sampler(logits, rows)
         return StepOutput.of(tokens, report_logprobs(logits, rows, tokens))
 
-    def _graphable(self, batch: StepBatch) -> bool:
-        """Decode-only steps (every item one token and sampling) of a size some graph holds."""
-        assert self.graphs is not None
-        return self.graphs.fits(len(batch.items)) and all(it.kind == "decode" for it in batch.items)
+    def graph_key(self, batch: StepBatch, layout: HostLayout) -> GraphKey | None:
+        """The CUDA graph that runs this step: decode-only steps (every item one token and
+        sampling) of a size some graph holds. None: the step runs eagerly."""
+        graphs = self.graphs
+        if graphs is None or not graphs.fits(len(batch.items)) or any(it.kind != "decode" for it in batch.items):
+            return None
+        return graphs.key_of(layout)
+
+    def capture_graphs(self, keys: Sequence[GraphKey]) -> int:
+        """Captures the graphs of `keys` not captured yet (most needed first, while there is
+        room); returns how many it captured."""
+        if self.graphs is None:
+            return 0
+        before = self.graphs.captures
+        for key in keys:
+            self.graphs.capture(key)
+        return self.graphs.captures - before
 
 
 @dataclass

@@ -40,6 +40,7 @@ def simulate(
     token_budget: int,
     memory_bound: float,
     policy: str = "batchllm",
+    max_running: int | None = None,
     on_step: Callable[[StepBatch], None] | None = None,
 ) -> SimulationResult:
     """Runs the scheduler over `groups` (or a peer's `policy`, engine/caching.py) as if every
@@ -47,7 +48,8 @@ def simulate(
     the KV and FLOPs of the steps a run will take)."""
     pool = BlockPool(num_blocks)
     scheduler = make_scheduler(
-        policy, requests, groups, pool, block_size=block_size, token_budget=token_budget, memory_bound=memory_bound
+        policy, requests, groups, pool, block_size=block_size, token_budget=token_budget, memory_bound=memory_bound,
+        max_running=max_running,
     )
     tokens_per_step: list[int] = []
     prefill = decode = 0

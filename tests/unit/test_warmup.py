@@ -1,0 +1,85 @@
+"""The start-up warm-up's dry run: which CUDA graph keys and eager step shapes a job will need.
+
+The keys come from the same function the runner replays by (ModelRunner.graph_key), so what
+the dry run lists must be exactly what the real run asks for: checked here on a CPU by giving
+the runner stand-in graphs (host logic only) and recording every step a real run launches.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from batchllm_cli.engine.cuda_graphs import DecodeGraphs
+from batchllm_cli.engine.warmup import StepShapes, step_shapes
+from batchllm_kernels.metadata import HostLayout, int_specialization
+
+
+def test_int_specialization_classes():
+    assert [int_specialization(v) for v in (1, 16, 32, 17, 2, 0)] == [1, 16, 16, 0, 0, 16]
+
+
+def test_specialization_tells_apart_what_triton_compiles_for():
+    decode = HostLayout.build(16, [1, 1], [3, 4], [[1], [2]], [-1, -1], [], [])
+    decode_more = HostLayout.build(16, [1, 1, 1], [3, 4, 9], [[1], [2], [3]], [-1, -1, -1], [], [])
+    mixed = HostLayout.build(16, [1, 5], [3, 0], [[1], [2]], [-1, -1], [], [])
+    assert decode.specialization() == decode_more.specialization()  # 2 and 3 are one class
+    assert decode.specialization() != mixed.specialization()
+    sixteen = HostLayout.build(16, [1] * 16, [3] * 16, [[1]] * 16, [-1] * 16, [], [])
+    assert sixteen.specialization() != decode.specialization()  # 16 decodes: a multiple of 16
+
+
+class _Recorder:
+    """A ModelRunner's launch, recording each step's graph key or eager specialization."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.keys: Counter = Counter()
+        self.eager: set = set()
+        self.steps = 0
+        self._real = runner.launch
+
+    def __call__(self, batch, rows, prev=None):
+        self.steps += 1
+        layout = self.runner.host_layout(batch)
+        key = self.runner.graph_key(batch, layout)
+        if key is None:
+            self.eager.add(layout.specialization())
+        else:
+            self.keys[key] += 1
+        return self._real(batch, rows, prev)
+
+
+@pytest.mark.parametrize("policy", ["batchllm", "vllm-like"])
+def test_the_dry_run_predicts_every_graph_key_and_eager_shape_of_the_run(policy):
+    from batchllm_cli.engine.llm import LLM
+    from batchllm_cli.types import SamplingParams
+
+    llm = LLM("tiny-llama", device="cpu", token_budget=48, num_kv_blocks=200, policy=policy, max_running=24)
+    # stand-in graphs: the runner's host-side choice of graph keys, never run (no GPU here)
+    model = SimpleNamespace(config=SimpleNamespace(num_heads=llm.model_config.num_heads,
+                                                   num_kv_heads=llm.model_config.num_kv_heads))
+    llm.runner.graphs = DecodeGraphs(model, [], 16, llm.max_model_len, torch.device("cpu"))
+    llm.runner.graphs.run = lambda layout, key, ids, pos, feed=None: torch.zeros((layout.num_decodes, llm.model_config.hidden_size))
+    rng = np.random.default_rng(0)
+    prefix = rng.integers(5, 200, 40).tolist()
+    prompts = [prefix + rng.integers(5, 200, int(rng.integers(3, 30))).tolist() for _ in range(20)]
+    prompts += [rng.integers(5, 200, int(rng.integers(3, 60))).tolist() for _ in range(10)]
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    requests = llm.make_requests(prompts, params)
+    plan = llm.plan(requests)
+    c = llm.config
+    shapes = step_shapes(llm.runner, requests, plan.groups, token_budget=c.token_budget, memory_bound=c.memory_bound,
+                         policy=c.policy, max_running=c.max_running)
+    recorder = _Recorder(llm.runner)
+    llm.runner.launch = recorder
+    done = list(llm.stream(requests, plan, warm=False))
+    assert len(done) == len(requests)
+    assert recorder.keys == shapes.graph_keys  # every decode step's key, with its count
+    assert recorder.eager == set(shapes.eager)
+    assert len(shapes.graph_keys) >= 2 and len(shapes.eager) >= 2
+    assert shapes.steps == recorder.steps
