@@ -36,6 +36,16 @@ def kv_pool_of_tokens(tokens: int, block_size: int, source: str | None = None) -
     return KvPool(blocks * block_size, blocks, source or f"--kv-tokens {tokens}")
 
 
+def scaled_pool(pool: KvPool, factor: float, block_size: int) -> KvPool:
+    """`pool` times `factor` (whole blocks, at least one): the pool of a workload scaled by
+    `factor`, holding the same share of it."""
+    if factor == 1:
+        return pool
+    blocks = max(1, round(pool.blocks * factor))
+    head, sep, tail = pool.source.partition(":")
+    return KvPool(blocks * block_size, blocks, f"{head} x {factor:g}{sep}{tail}; scaled with the workload")
+
+
 def gpu_table() -> dict[str, Any]:
     """configs/gpus.toml."""
     return tomllib.loads(resources.files("batchllm_cli.configs").joinpath("gpus.toml").read_text())

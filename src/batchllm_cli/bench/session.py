@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from batchllm_cli.bench.kv_pool import KvPool, kv_pool_like, kv_pool_of_tokens
+from batchllm_cli.bench.kv_pool import KvPool, kv_pool_like, kv_pool_of_tokens, scaled_pool
 from batchllm_cli.bench.report import BenchReport
 from batchllm_cli.bench.suite import Case
 
@@ -34,7 +34,7 @@ class PoolChoice:
         if self.kv_blocks is not None:
             return KvPool(self.kv_blocks * block_size, self.kv_blocks, f"--kv-blocks {self.kv_blocks}")
         if case.kv_pool_like is not None:
-            return kv_pool_like(case.kv_pool_like, block_size)
+            return scaled_pool(kv_pool_like(case.kv_pool_like, block_size), case.pool_scale, block_size)
         return None
 
 

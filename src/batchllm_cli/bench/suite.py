@@ -7,7 +7,7 @@ shrinks every case's request count (whole groups: the first groups of the full w
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
@@ -26,6 +26,9 @@ class Case:
     model: str
     kv_pool_like: str | None  # MODEL@GPU of configs/gpus.toml; None: the engine's default pool
     targets: tuple[Target, ...] = ()
+    # kv_pool_like's pool times this: a suite run at --scale F scales its pools by F too, so each
+    # keeps its share of the workload and LRU caches evict as they do at the paper's size
+    pool_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,21 @@ def scaled(spec: WorkloadSpec, scale: float) -> WorkloadSpec:
     if scale == 1:
         return spec
     return spec.scaled(max(1, round(spec.expected_requests * scale)))
+
+
+def scaled_case(case: Case, scale: float) -> Case:
+    """`case` at about `scale` x its requests, in a pool `scale` x its own (its memory regime)."""
+    return replace(case, spec=scaled(case.spec, scale), pool_scale=scale)
+
+
+def pick_cases(suite: Suite, names: list[str]) -> tuple[Case, ...]:
+    """The suite's cases whose workloads are named, in the suite's order; ConfigError for a name
+    that is none of them."""
+    known = [c.spec.name for c in suite.cases]
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise ConfigError(f"suite {suite.name!r} has no case {', '.join(map(repr, bad))}: choose from {', '.join(known)}")
+    return tuple(c for c in suite.cases if c.spec.name in names)
 
 
 def describe(suite: Suite, scale: float = 1.0) -> list[dict[str, Any]]:

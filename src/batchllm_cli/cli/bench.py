@@ -51,6 +51,7 @@ class _Args:
 
     workloads: list[str] | None
     suite: str | None
+    cases: list[str] | None
     model: str | None
     device: str | None
     requests: int | None
@@ -86,16 +87,20 @@ def bench(
         typer.Argument(help="Workloads of configs/workloads (e.g. peers-1b) or .toml files; none (and no --suite): list them.", show_default=False, metavar="WORKLOAD"),
     ] = None,
     suite: Annotated[Optional[str], typer.Option(help="A suite of cases (configs/workloads/suites): paper.", show_default=False)] = None,
+    cases: Annotated[
+        Optional[list[str]],
+        typer.Option("--cases", help="With --suite: only these of its cases (comma list of workload names), targets kept.", show_default=False),
+    ] = None,
     model: Annotated[
         Optional[str],
         typer.Option("--model", "-m", help="Preset (llama-3.2-1b, tiny-llama, ...), .gguf file or model directory. Default: the embedded SmolLM2; with --suite, each case's model.", show_default=False),
     ] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda[:N]; default: cuda when present.", show_default=False)] = None,
     requests: Annotated[Optional[int], typer.Option("--requests", min=1, help="Scale each workload to about N requests (whole groups).", show_default=False)] = None,
-    scale: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Scale each workload's requests by F (0 < F <= 1), e.g. 0.05 for a quick --suite paper.", show_default=False)] = None,
+    scale: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Scale each workload's requests by F (0 < F <= 1), e.g. 0.05 for a quick --suite paper; a suite's KV pools scale by F too (each keeps its share of the workload).", show_default=False)] = None,
     peers: Annotated[
         Optional[list[str]],
-        typer.Option("--peers", help="Comma list of peers run beside ours: vllm-like, sglang-like (their scheduling and LRU prefix cache on our engine), hf (transformers generate_batch).", show_default=False),
+        typer.Option("--peers", help="Comma list of peers run beside ours: vllm-like, sglang-like (their scheduling and LRU prefix cache on our engine), hf (transformers generate_batch). With --suite: instead of the suite's systems.", show_default=False),
     ] = None,
     no_sharing_too: Annotated[bool, typer.Option("--no-sharing-too", help="Also run our engine with prefix sharing off.")] = False,
     repeats: Annotated[int, typer.Option(min=1, help="Timed runs of each system, interleaved across systems.")] = 3,
@@ -174,7 +179,7 @@ def _session(o: _Args) -> Session:
     """What to run, from the workloads or the suite, scaled; ConfigError for what cannot be."""
     from batchllm_cli.bench.runner import POLICY_SYSTEMS, SYSTEM_HF, SYSTEM_NO_SHARING, SYSTEM_SHARING
     from batchllm_cli.bench.session import PoolChoice, Session
-    from batchllm_cli.bench.suite import Case, load_suite, scaled
+    from batchllm_cli.bench.suite import Case, load_suite, pick_cases, scaled, scaled_case
     from batchllm_cli.bench.workloads import load_spec
 
     if o.requests is not None and o.scale is not None:
@@ -189,17 +194,24 @@ def _session(o: _Args) -> Session:
             return spec.scaled(o.requests)
         return scaled(spec, o.scale) if o.scale is not None else spec
 
+    peer_names = _parse_peers(o.peers or [])
+    systems = [SYSTEM_SHARING] + ([SYSTEM_NO_SHARING] if o.no_sharing_too else [])
+    systems += [p for p in peer_names if p in POLICY_SYSTEMS] + ([SYSTEM_HF] if "hf" in peer_names else [])
     if o.suite is not None:
-        if o.workloads or o.peers or o.no_sharing_too:
-            raise ConfigError("--suite runs its own workloads and systems: leave out WORKLOAD, --peers and --no-sharing-too")
+        if o.workloads:
+            raise ConfigError("--suite runs its own workloads: leave out WORKLOAD (--cases picks some of them)")
         suite = load_suite(o.suite)
-        cases = [replace(c, spec=sized(c.spec), model=o.model or c.model) for c in suite.cases]
-        name, systems = f"suite-{suite.name}", list(suite.systems)
+        chosen = pick_cases(suite, _split(o.cases)) if o.cases else suite.cases
+        # --scale shrinks a case's pool with its requests; --requests N keeps the pools as they are
+        cases = [replace(scaled_case(c, o.scale) if o.scale is not None else replace(c, spec=sized(c.spec)),
+                         model=o.model or c.model) for c in chosen]  # fmt: skip
+        name = f"suite-{suite.name}"
+        if not (o.peers or o.no_sharing_too):
+            systems = list(suite.systems)
     else:
+        if o.cases:
+            raise ConfigError("--cases picks cases of a --suite")
         specs = [sized(load_spec(w)) for w in o.workloads or []]
-        peer_names = _parse_peers(o.peers or [])
-        systems = [SYSTEM_SHARING] + ([SYSTEM_NO_SHARING] if o.no_sharing_too else [])
-        systems += [p for p in peer_names if p in POLICY_SYSTEMS] + ([SYSTEM_HF] if "hf" in peer_names else [])
         name = specs[0].name if len(specs) == 1 else f"{len(specs)}-workloads"
         cases = [Case(spec, o.model, None) for spec in specs]
     command = " ".join(sys.argv[2:]) if len(sys.argv) > 1 and sys.argv[1] == "bench" else None
@@ -301,8 +313,13 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _split(items: list[str]) -> list[str]:
+    """Comma lists given once or more, as one list of names."""
+    return [p.strip() for item in items for p in item.split(",") if p.strip()]
+
+
 def _parse_peers(peers: list[str]) -> list[str]:
-    names = [p.strip() for item in peers for p in item.split(",") if p.strip()]
+    names = _split(peers)
     unknown = [p for p in names if p not in PEERS]
     if unknown:
         raise ConfigError(f"unknown peer(s) {', '.join(unknown)}: choose from {', '.join(PEERS)}")
