@@ -119,7 +119,20 @@ def test_the_paper_suite_dry_run_lists_its_cases():
     assert result.exit_code == 0, result.output
     for name in ("shared-2000-200-d16", "shared-1000-1000-d4", "long-prefix-16000-d16", "industry", "no-sharing"):
         assert name in result.output
-    assert "434,528 tokens" in result.output and "qwen2.5-7b" in result.output and "vllm-like x1.6" in result.output
+    assert "21,728 tokens" in result.output and "x 0.05" in result.output  # the pools scale with the requests
+    assert "qwen2.5-7b" in result.output and "vllm-like x1.6" in result.output
+    full = CliRunner().invoke(app, ["bench", "--suite", "paper", "--dry-run"], terminal_width=200)
+    assert "434,528 tokens" in full.output
+
+
+def test_a_suite_runs_the_cases_and_systems_asked_for():
+    args = ["bench", "--suite", "paper", "--cases", "industry,no-sharing", "--peers", "vllm-like", "--dry-run"]
+    result = CliRunner().invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "industry" in result.output and "no-sharing" in result.output and "shared-2000" not in result.output
+    assert "systems: batchllm, vllm-like" in result.output
+    bad = CliRunner().invoke(app, ["bench", "peers-1b", "--cases", "industry", "--dry-run"])
+    assert bad.exit_code == 5 and "--cases picks cases of a --suite" in bad.output
 
 
 def test_help_has_examples():

@@ -148,3 +148,23 @@ def test_the_paper_suite_lists_its_cases():
         scaled(suite.cases[0].spec, 1.5)
     with pytest.raises(ConfigError, match="no suite"):
         load_suite("nope")
+
+
+def test_a_scaled_suite_case_keeps_its_pools_share_of_the_workload():
+    from batchllm_cli.bench.session import PoolChoice
+    from batchllm_cli.bench.suite import pick_cases, scaled_case
+
+    suite = load_suite("paper")
+    (case,) = pick_cases(suite, ["shared-2000-200-d16"])
+    full = PoolChoice().pool_for(case, 16)
+    small = scaled_case(case, 0.05)
+    pool = PoolChoice().pool_for(small, 16)
+    assert pool.blocks == round(full.blocks * 0.05) and pool.tokens == pool.blocks * 16
+    assert "x 0.05" in pool.source
+    # the same share of the logical prompt tokens at both sizes (within one group's rounding)
+    share = lambda c, p: p.tokens / (c.spec.expected_requests * (c.spec.prefix_len.mean + c.spec.distinct_len.mean))  # noqa: E731
+    assert share(small, pool) == pytest.approx(share(case, full), rel=0.02)
+    assert PoolChoice(kv_tokens=1000).pool_for(small, 16).tokens == 1008  # an explicit pool is not scaled
+    assert [c.spec.name for c in pick_cases(suite, ["industry", "shared-2000-200-d16"])] == ["shared-2000-200-d16", "industry"]
+    with pytest.raises(ConfigError, match="no case 'nope'"):
+        pick_cases(suite, ["nope"])
