@@ -168,3 +168,17 @@ def test_a_scaled_suite_case_keeps_its_pools_share_of_the_workload():
     assert [c.spec.name for c in pick_cases(suite, ["industry", "shared-2000-200-d16"])] == ["shared-2000-200-d16", "industry"]
     with pytest.raises(ConfigError, match="no case 'nope'"):
         pick_cases(suite, ["nope"])
+
+
+def test_profile_reports_gpu_time_over_the_unprofiled_runs_too():
+    import torch
+
+    from batchllm_cli.bench.profile import profile_run, with_timed_wall
+
+    a = torch.randn(64, 64)
+    p = profile_run(lambda: [a @ a for _ in range(20)], "cpu")
+    assert p["activity"] == "cpu" and p["busy_s"] > 0 and p["top"] and p["wall_s"] > 0
+    fixed = {"busy_s": 0.6, "wall_s": 1.2}
+    assert with_timed_wall(fixed, [1.0, 0.8, 2.0]) == fixed | {"timed_wall_s": 1.0, "busy_fraction_of_timed": 0.6}
+    assert with_timed_wall(fixed, [0.8, 1.2])["timed_wall_s"] == 1.0  # the median of an even count
+    assert with_timed_wall(fixed, []) == fixed

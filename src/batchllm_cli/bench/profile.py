@@ -12,6 +12,17 @@ import time
 from typing import Any, Callable
 
 TOP_KERNELS = 10
+
+
+def with_timed_wall(profile: dict[str, Any], timed_walls: list[float]) -> dict[str, Any]:
+    """`profile` with its GPU time over the median wall time of the system's timed runs: the
+    profiler slows the host (every launch is recorded), so its own wall time is longer than an
+    unprofiled run's, while the kernels' time on the GPU is what it would be."""
+    if not timed_walls or not profile.get("busy_s"):
+        return profile
+    walls = sorted(timed_walls)
+    median = walls[len(walls) // 2] if len(walls) % 2 else (walls[len(walls) // 2 - 1] + walls[len(walls) // 2]) / 2
+    return profile | {"timed_wall_s": round(median, 4), "busy_fraction_of_timed": round(profile["busy_s"] / median, 4)}
 NAME_WIDTH = 90  # kernel names are long templates; keep the start, which says what it is
 
 

@@ -132,11 +132,12 @@ def _run_engine_systems(
             out.runs.append(r)
             emit(s, "done", r)
         if options.profile:
-            from batchllm_cli.bench.profile import profile_run
+            from batchllm_cli.bench.profile import profile_run, with_timed_wall
 
             for s in systems:
                 emit(s, "profile", None)
-                out.profiles[s] = profile_run(lambda s=s: _execute(views[s], workload, requests, s, None), llm.config.device)
+                profiled = profile_run(lambda s=s: _execute(views[s], workload, requests, s, None), llm.config.device)
+                out.profiles[s] = with_timed_wall(profiled, [r.elapsed_s for r in out.runs if r.system == s])
     finally:
         views.clear()  # the views hold the runner and its KV cache too
         del llm

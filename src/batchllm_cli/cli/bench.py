@@ -272,7 +272,10 @@ def _print_report(console: Console, report: BenchReport) -> None:
     for s, p in report.profiles.items():
         frac = "-" if p["busy_fraction"] is None else f"{p['busy_fraction']:.0%}"
         top = ", ".join(f"{k['name'][:40]} {k['ms']:.1f} ms" for k in p["top"][:3])
-        console.print(escape(f"{s} profile: {p['what']} {p['busy_s']:.3f} / {p['wall_s']:.3f} s ({frac}); top: {top}"))
+        timed = ""
+        if p.get("busy_fraction_of_timed") is not None:
+            timed = f"; over the median unprofiled run's {p['timed_wall_s']:.3f} s: {p['busy_fraction_of_timed']:.0%}"
+        console.print(escape(f"{s} profile: {p['what']} {p['busy_s']:.3f} / {p['wall_s']:.3f} s ({frac}){timed}; top: {top}"))
 
 
 def _plot(out_path: Path, err: Console) -> None:
