@@ -122,14 +122,24 @@ class HostLayout:
     def num_decode_groups(self) -> int:
         return int(self.decode_group_shared.shape[0])
 
-    def specialization(self) -> tuple[int, ...]:
+    def specialization(self, gqa_ratio: int, num_kv_heads: int, device: torch.device) -> tuple[int, ...]:
         """What the Triton kernels of an eager step compile for, besides the model's shapes: the
-        integer classes (int_specialization) of the step's counts, which the
-        kernels take as arguments. Two steps with one specialization use the same variants, so
-        a start-up warm-up that runs one step of each compiles all of a job's variants."""
-        counts = (int(self.slot_mapping.shape[0]), self.num_decodes, int(self.own_ctx_lens.shape[0]), self.num_decode_groups,
-                  int(self.shared_lens.shape[0]), self.max_q_len)
-        return tuple(int_specialization(c) for c in counts) + (self.num_decodes > 0, counts[0] > self.num_decodes)
+        integer classes (int_specialization) of the step's counts, which the kernels take as
+        arguments, and the decode kernel's launch choice (tile height, splits, keys per tile:
+        compile-time constants). Two steps with one specialization use the same variants, so a
+        start-up warm-up that runs one step of each compiles all of a job's variants."""
+        from batchllm_kernels.decode_launch import decode_block_n, decode_launch_shape
+
+        counts = (int(self.slot_mapping.shape[0]), self.num_decodes, int(self.own_ctx_lens.shape[0]),
+                  self.num_decode_groups, int(self.shared_lens.shape[0]), self.max_q_len)
+        decode = (0, 0, 0)
+        if self.num_decodes:
+            kv = max(self.max_kv_len, 1)
+            block_m, _, splits = decode_launch_shape(self.num_decodes, self.num_decode_groups, gqa_ratio,
+                                                     num_kv_heads, kv, device)
+            decode = (block_m, splits, decode_block_n(block_m, splits, kv))
+        return (tuple(int_specialization(c) for c in counts) + decode
+                + (self.num_decodes > 0, counts[0] > self.num_decodes))
 
     @classmethod
     def build(

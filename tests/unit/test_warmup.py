@@ -24,13 +24,19 @@ def test_int_specialization_classes():
 
 
 def test_specialization_tells_apart_what_triton_compiles_for():
+    def spec(layout):
+        return layout.specialization(4, 2, torch.device("cpu"))
+
     decode = HostLayout.build(16, [1, 1], [3, 4], [[1], [2]], [-1, -1], [], [])
     decode_more = HostLayout.build(16, [1, 1, 1], [3, 4, 9], [[1], [2], [3]], [-1, -1, -1], [], [])
     mixed = HostLayout.build(16, [1, 5], [3, 0], [[1], [2]], [-1, -1], [], [])
-    assert decode.specialization() == decode_more.specialization()  # 2 and 3 are one class
-    assert decode.specialization() != mixed.specialization()
+    assert spec(decode) == spec(decode_more)  # 2 and 3 are one class, same decode launch
+    assert spec(decode) != spec(mixed)
     sixteen = HostLayout.build(16, [1] * 16, [3] * 16, [[1]] * 16, [-1] * 16, [], [])
-    assert sixteen.specialization() != decode.specialization()  # 16 decodes: a multiple of 16
+    assert spec(sixteen) != spec(decode)  # 16 decodes: a multiple of 16
+    # the same counts, but one long context: the decode kernel splits its keys (another variant)
+    long_ctx = HostLayout.build(16, [1, 1], [3, 4000], [[1], list(range(251))], [-1, -1], [], [])
+    assert spec(long_ctx)[:6] == spec(decode)[:6] and spec(long_ctx) != spec(decode)
 
 
 class _Recorder:
@@ -48,18 +54,21 @@ class _Recorder:
         layout = self.runner.host_layout(batch)
         key = self.runner.graph_key(batch, layout)
         if key is None:
-            self.eager.add(layout.specialization())
+            self.eager.add(self.runner.eager_specialization(layout))
         else:
             self.keys[key] += 1
         return self._real(batch, rows, prev)
 
 
-@pytest.mark.parametrize("policy", ["batchllm", "vllm-like"])
-def test_the_dry_run_predicts_every_graph_key_and_eager_shape_of_the_run(policy):
+@pytest.mark.parametrize("policy,overlap", [("batchllm", False), ("batchllm", True), ("vllm-like", True)])
+def test_the_dry_run_predicts_every_graph_key_and_eager_shape_of_the_run(policy, overlap):
+    # overlap: the loop one step ahead (CUDA's), whose admissions come a step later than the
+    # plain loop's; the dry run must take the same steps
     from batchllm_cli.engine.llm import LLM
     from batchllm_cli.types import SamplingParams
 
-    llm = LLM("tiny-llama", device="cpu", token_budget=48, num_kv_blocks=200, policy=policy, max_running=24)
+    llm = LLM("tiny-llama", device="cpu", token_budget=48, num_kv_blocks=200, policy=policy, max_running=24,
+              overlap=overlap)
     # stand-in graphs: the runner's host-side choice of graph keys, never run (no GPU here)
     model = SimpleNamespace(config=SimpleNamespace(num_heads=llm.model_config.num_heads,
                                                    num_kv_heads=llm.model_config.num_kv_heads))

@@ -147,6 +147,7 @@ def _run_engine_systems(
 def count_work(llm: Any, requests: Sequence[Any], cost: ModelCost) -> WorkCount:
     """The steps `llm`'s settings take on `requests` (a dry run of its scheduler, no model), with
     the FLOPs and bytes the roofline counts."""
+    from batchllm_cli.engine.engine import steps_ahead
     from batchllm_cli.engine.simulate import simulate
 
     plan = llm.plan(requests)
@@ -154,7 +155,8 @@ def count_work(llm: Any, requests: Sequence[Any], cost: ModelCost) -> WorkCount:
     sim = simulate(
         requests, plan.groups, num_blocks=llm.num_kv_blocks, block_size=llm.config.block_size,
         token_budget=llm.config.token_budget, memory_bound=llm.config.memory_bound,
-        policy=llm.config.policy, max_running=llm.config.max_running, on_step=counter,
+        policy=llm.config.policy, max_running=llm.config.max_running, ahead=steps_ahead(llm.runner, requests),
+        on_step=counter,
     )  # fmt: skip
     return counter.result(sim.peak_blocks)
 

@@ -67,8 +67,7 @@ class Engine:
             policy, requests, plan.groups, BlockPool(runner.num_blocks), block_size=runner.config.block_size,
             token_budget=token_budget, memory_bound=memory_bound, max_running=max_running,
         )
-        # launched steps whose tokens may still be on their way: one on CUDA, none on the CPU
-        self.ahead = 1 if runner.overlaps and not any(r.sampling.has_penalties for r in requests) else 0
+        self.ahead = steps_ahead(runner, requests)
         self.tally = _Tally(time.perf_counter(), len(requests))
         self._launched: deque[_Launched] = deque()
 
@@ -97,6 +96,12 @@ class Engine:
         sampling = [running[batch.items[i].request] for i in batch.sample_items]
         prev = self._launched[-1].output if self._launched else None
         return _Launched(batch, sampling, self.runner.launch(batch, [_sample_row(s) for s in sampling], prev))
+
+
+def steps_ahead(runner: ModelRunner, requests: Sequence[Request]) -> int:
+    """Launched steps whose tokens may still be on their way: one where the runner overlaps
+    (CUDA), none on the CPU or for a job with penalties (they read every earlier token)."""
+    return 1 if runner.overlaps and not any(r.sampling.has_penalties for r in requests) else 0
 
 
 def run_plan(

@@ -140,6 +140,11 @@ class ModelRunner:
             return None
         return graphs.key_of(layout)
 
+    def eager_specialization(self, layout: HostLayout) -> tuple[int, ...]:
+        """What an eager step of this layout compiles its kernels for (HostLayout.specialization)."""
+        mc = self.model_config
+        return layout.specialization(mc.num_heads // mc.num_kv_heads, mc.num_kv_heads, self.device)
+
     def capture_graphs(self, keys: Sequence[GraphKey]) -> int:
         """Captures the graphs of `keys` not captured yet (most needed first, while there is
         room); returns how many it captured."""

@@ -5,6 +5,7 @@ The CLI's `plan` command uses it to estimate steps and peak KV memory before any
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -41,11 +42,15 @@ def simulate(
     memory_bound: float,
     policy: str = "batchllm",
     max_running: int | None = None,
+    ahead: int = 0,
     on_step: Callable[[StepBatch], None] | None = None,
 ) -> SimulationResult:
     """Runs the scheduler over `groups` (or a peer's `policy`, engine/caching.py) as if every
     request produced exactly max_tokens tokens; `on_step` sees each StepBatch (benchmarks count
-    the KV and FLOPs of the steps a run will take)."""
+    the KV and FLOPs of the steps a run will take; the warm-up lists their shapes).
+
+    ahead: steps scheduled before the oldest one's tokens are applied, as the engine's loop does
+    (engine.steps_ahead: 1 on CUDA), so that the dry run takes the steps the run will take."""
     pool = BlockPool(num_blocks)
     scheduler = make_scheduler(
         policy, requests, groups, pool, block_size=block_size, token_budget=token_budget, memory_bound=memory_bound,
@@ -53,18 +58,23 @@ def simulate(
     )
     tokens_per_step: list[int] = []
     prefill = decode = 0
+    launched: deque[StepBatch] = deque()
     while scheduler.has_work:
         batch = scheduler.schedule()
-        if not batch.items:
+        if batch.items:
+            num_prefill = batch.num_prefill_tokens
+            num_decode = batch.num_decode_tokens
+            prefill += num_prefill
+            decode += num_decode
+            tokens_per_step.append(num_prefill + num_decode)
+            if on_step is not None:
+                on_step(batch)
+            launched.append(batch)
+        elif not launched:
             raise RuntimeError("scheduler made no progress: this is a bug")
-        num_prefill = batch.num_prefill_tokens
-        num_decode = batch.num_decode_tokens
-        prefill += num_prefill
-        decode += num_decode
-        tokens_per_step.append(num_prefill + num_decode)
-        if on_step is not None:
-            on_step(batch)
-        scheduler.update(batch, [0] * len(batch.sample_items))
+        if len(launched) > (ahead if batch.items else 0):
+            done = launched.popleft()
+            scheduler.update(done, [0] * len(done.sample_items))
     return SimulationResult(
         steps=len(tokens_per_step),
         peak_blocks=pool.peak_used,

@@ -4,7 +4,7 @@ A dry run of the job's schedule (engine/simulate.py: the same scheduler, no mode
 steps the job will take. A decode-only step that a CUDA graph holds names its graph key
 (cuda_graphs.graph_key); each key is captured once, here. Any other step runs eagerly, and its
 Triton kernels compile one variant per specialization of the step's counts
-(HostLayout.specialization); the first dry-run step of each specialization the runner has not
+(ModelRunner.eager_specialization); the first dry-run step of each specialization the runner has not
 run yet is run once, here, so that its variants compile before the job starts.
 
 Those steps write K/V into blocks of the pool that no request holds yet (the dry run's pool has
@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Sequence
 
+from batchllm_cli.engine.engine import steps_ahead
 from batchllm_cli.engine.sampler import SampleRow
 from batchllm_cli.engine.simulate import simulate
 from batchllm_cli.engine.step import StepBatch
@@ -65,7 +66,7 @@ class StepShapes:
         if key is not None:
             self.graph_keys[key] += 1
         else:
-            self.eager.setdefault(layout.specialization(), batch)
+            self.eager.setdefault(self.runner.eager_specialization(layout), batch)
 
 
 def step_shapes(runner: ModelRunner, requests: Sequence[Request], groups: Sequence[PrefixGroup], *,
@@ -74,7 +75,7 @@ def step_shapes(runner: ModelRunner, requests: Sequence[Request], groups: Sequen
     shapes = StepShapes(runner)
     simulate(requests, groups, num_blocks=runner.num_blocks, block_size=runner.config.block_size,
              token_budget=token_budget, memory_bound=memory_bound, policy=policy, max_running=max_running,
-             on_step=shapes)  # fmt: skip
+             ahead=steps_ahead(runner, requests), on_step=shapes)  # fmt: skip
     return shapes
 
 
@@ -89,10 +90,17 @@ def warm_up(runner: ModelRunner, requests: Sequence[Request], groups: Sequence[P
     new = [(spec, batch) for spec, batch in shapes.eager.items() if spec not in runner.warm_specializations]
     for spec, batch in new:
         rows = [_row(requests[batch.items[i].request]) for i in batch.sample_items]
-        runner.launch(batch, rows).token_ids()  # waits: the variants are compiled when it returns
+        runner.launch(_unfed(batch), rows).token_ids()  # waits: the variants are compiled when it returns
         runner.warm_specializations.add(spec)
     return WarmupReport(time.perf_counter() - start, shapes.steps, len(shapes.graph_keys), captured,
                         len(shapes.eager), len(new))
+
+
+def _unfed(batch: StepBatch) -> StepBatch:
+    """`batch` with its decodes reading their (placeholder) token from the host instead of from
+    the step before, which a warm-up step does not have."""
+    items = tuple(replace(it, feed=-1) if it.feed >= 0 else it for it in batch.items)
+    return StepBatch(batch.step, items, batch.shared)
 
 
 def _row(request: Request) -> SampleRow:
