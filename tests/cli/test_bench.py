@@ -191,3 +191,22 @@ def test_ctrl_c_says_what_was_saved(tmp_path, monkeypatch):
                                       "--out", str(tmp_path / "b.json")])  # fmt: skip
     assert result.exit_code == 130
     assert "bench interrupted during tiny" in result.output and "nothing was written" in result.output
+
+
+def test_predict_dry_runs_each_system_at_a_gpus_roofline(tmp_path):
+    out = tmp_path / "p.json"
+    args = ["bench", "--suite", "paper", "--scale", "0.01", "--cases", "shared-2000-200-d16", "--peers", "vllm-like",
+            "--predict", "h200", "--out", str(out)]
+    result = CliRunner().invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "predicted, not measured" in result.output and "795 TFLOP/s" in result.output
+    doc = json.loads(out.read_text())
+    (case,) = doc["cases"]
+    ours, peer = case["systems"]
+    assert (ours["system"], peer["system"]) == ("batchllm", "vllm-like")
+    assert ours["prefill_tokens"] < peer["prefill_tokens"]  # the shared prefixes computed once
+    # ideal time: prefill FLOPs at the matmul rate + (weights + unique KV) at the copy rate
+    want = ours["prefill_tflop"] / 795 + (ours["weight_gb"] + ours["unique_kv_gb"]) / 4227
+    assert ours["ideal_s"] == pytest.approx(want, rel=1e-3)
+    bad = CliRunner().invoke(app, ["bench", "--suite", "paper", "--cases", "industry", "--predict", "tpu"])
+    assert bad.exit_code == 5 and "no rates for 'tpu'" in bad.output and "h200" in bad.output

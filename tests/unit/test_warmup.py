@@ -86,8 +86,10 @@ def test_the_dry_run_predicts_every_graph_key_and_eager_shape_of_the_run(policy,
                          policy=c.policy, max_running=c.max_running)
     recorder = _Recorder(llm.runner)
     llm.runner.launch = recorder
-    done = list(llm.stream(requests, plan, warm=False))
+    seen = []
+    done = list(llm.stream(requests, plan, on_progress=seen.append, warm=False))
     assert len(done) == len(requests)
+    assert seen[-1].steps == recorder.steps  # the progress counts launched steps, no empty ones
     assert recorder.keys == shapes.graph_keys  # every decode step's key, with its count
     assert recorder.eager == set(shapes.eager)
     assert len(shapes.graph_keys) >= 2 and len(shapes.eager) >= 2

@@ -35,6 +35,8 @@ Examples:
 
   batchllm bench long-prefix-16000-d16 -m llama-3.1-8b --kv-pool-like llama-3.1-8b@a100-80gb --profile
 
+  batchllm bench --suite paper --predict h200                        # the paper's full size, dry runs only
+
   batchllm bench --readme-table results/paper.json                   # README table rows from a saved report
 
 Each system runs the whole workload once untimed (compiles, CUDA graphs), then --repeats timed
@@ -69,6 +71,7 @@ class _Args:
     out: Path | None
     readme_table: Path | None
     replot: Path | None
+    predict: str | None
     dry_run: bool
 
 
@@ -114,6 +117,7 @@ def bench(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSON report (the PNG plot goes beside it). Default: results/bench-NAME.json.", show_default=False)] = None,
     readme_table: Annotated[Optional[Path], typer.Option(help="Print the README performance-table rows of a saved report and exit.", show_default=False)] = None,
     replot: Annotated[Optional[Path], typer.Option(help="Draw the PNG plot of a saved report (beside it, or at --out) and exit.", show_default=False)] = None,
+    predict: Annotated[Optional[str], typer.Option("--predict", metavar="GPU", help="No runs: dry-run each system's scheduler and print the roofline time of its work on GPU (configs/gpus.toml, e.g. h200), at any scale, e.g. the paper's full size.", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cases, systems and runs that would run, and exit.")] = False,
 ) -> None:
     """Benchmark workloads: requests/s, output tokens/s, prefill computed, peak KV, steps, step fill
@@ -154,6 +158,13 @@ def _bench(o: _Args, saved: _Saved) -> None:
     session.check()
     if o.dry_run:
         _show_cases(out_console, session)
+        return
+    if o.predict is not None:
+        from batchllm_cli.cli.bench_predict import run_predictions
+
+        path = run_predictions(session, o.predict, o.out or Path("results") / f"predict-{session.name}.json",
+                               out_console, lambda text: err.print(text, style="dim"))
+        out_console.print(f"prediction written to {path}")
         return
     from batchllm_cli.bench.session import DEFAULT_MODEL, run_session
     from batchllm_cli.cli.bench_display import make_display

@@ -112,10 +112,12 @@ def check_device(device: str) -> None:
         raise ConfigError(f"cannot use device {device!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
 
 
-def load_engine_config(device: str | None = None, **overrides: Any) -> EngineConfig:
-    """The defaults of configs/engine/default.toml for `device` (auto when None), then overrides."""
+def load_engine_config(device: str | None = None, *, available: bool = True, **overrides: Any) -> EngineConfig:
+    """The defaults of configs/engine/default.toml for `device` (auto when None), then overrides.
+    available=False: a device this machine need not have (dry runs of its schedule)."""
     device = device or default_device()
-    check_device(device)
+    if available:
+        check_device(device)
     text = resources.files("batchllm_cli.configs").joinpath("engine/default.toml").read_text()
     table = tomllib.loads(text)
     values = {k: v for k, v in table.items() if k not in _DEVICE_TABLES}

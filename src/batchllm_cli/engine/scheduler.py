@@ -264,7 +264,7 @@ class Scheduler:
             state.sample_row = row
             if state.status is Status.PREFILL and state.pending == 1 and state.num_output == 0:
                 self._decoding.append(state)  # decodes from the next step on
-        self.step_count += 1
+        self.step_count += bool(items)  # steps issued: an empty batch runs nothing
         return batch
 
     # ---- after the step ran ----------------------------------------------------------------
