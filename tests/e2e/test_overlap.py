@@ -9,6 +9,8 @@ seeded sampling, EOS and stop strings, shared prefixes and chunked prefills.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from batchllm_cli.types import SamplingParams
@@ -23,7 +25,7 @@ PROMPTS = [DOC + q for q in ("When was it built?", "Who built it?", "How far cou
 ]
 
 
-def _params() -> list[SamplingParams]:
+def _params(penalties: bool = False) -> list[SamplingParams]:
     out = []
     for i in range(len(PROMPTS)):
         if i % 3 == 0:
@@ -32,18 +34,24 @@ def _params() -> list[SamplingParams]:
             out.append(SamplingParams(max_tokens=10, temperature=0.8, seed=i))
         else:
             out.append(SamplingParams(max_tokens=14, stop=(".", "\n")))
+    if penalties:  # counted on the device, so these run one step ahead too
+        pen = [dict(repetition_penalty=1.3), dict(frequency_penalty=0.7, presence_penalty=0.4), dict(presence_penalty=1.5)]
+        out = [replace(p, **pen[i % 3]) if i % 2 == 0 else p for i, p in enumerate(out)]
     return out
 
 
-@pytest.mark.parametrize("budget", [16, 64])
-def test_one_step_ahead_answers_like_the_plain_loop(smollm2_source, smollm2_model, budget):
+@pytest.mark.parametrize("budget,penalties", [(16, False), (64, False), (64, True)])
+def test_one_step_ahead_answers_like_the_plain_loop(smollm2_source, smollm2_model, budget, penalties):
     from batchllm_cli.engine.llm import LLM
 
     def run(overlap: bool):
         llm = LLM.from_loaded(smollm2_source, smollm2_model, device="cpu", token_budget=budget,
                               num_kv_blocks=96, overlap=overlap)
         assert llm.runner.overlaps is overlap
-        return [(c.text, c.token_ids, c.finish_reason) for c in llm.generate(PROMPTS, _params())]
+        out = [(c.text, c.token_ids, c.finish_reason) for c in llm.generate(PROMPTS, _params(penalties))]
+        penalty_rows = llm.runner.sampler.penalties
+        assert penalty_rows is None or len(penalty_rows) == 0  # every finished request gave its row back
+        return out
 
     plain, ahead = run(False), run(True)
     assert ahead == plain

@@ -121,3 +121,32 @@ def test_logit_bias_moves_the_draw_but_not_the_reported_logprobs():
     assert tokens[0] == int(logits[0].topk(2).indices[1]) and tokens[1] == other
     [_, report] = report_logprobs(logits, rows, tokens)
     assert report.logprob == pytest.approx(torch.log_softmax(logits[1], -1)[other].item(), abs=1e-6)
+
+
+def test_penalty_state_counts_draws_on_the_device_and_reuses_released_rows():
+    # The sampler keeps each penalized request's counts on the device (no host copy of the last
+    # step's tokens); after some draws a row must penalize exactly as the host lists would.
+    from batchllm_cli.engine.logits import PenaltyState
+
+    state = PenaltyState(VOCAB, torch.device("cpu"))
+    owners = [object() for _ in range(10)]  # more than the first allocation holds: it grows
+    prompts = [[1, 2, 3] if i % 2 else None for i in range(10)]
+    rows = state.rows_of(owners, prompts, [[4, 4]] * 10)  # first seen with two tokens drawn already
+    assert len(state) == 10 and sorted(rows.tolist()) == list(range(10))
+    drawn = torch.tensor([5] * 10)
+    state.record(state.rows_of(owners, prompts, [[]] * 10), drawn)  # known rows: outputs not read again
+    assert state.counts[rows[0], 4] == 2 and state.counts[rows[0], 5] == 1
+    assert bool(state.in_prompt[rows[1], 2]) and not bool(state.in_prompt[rows[0], 2])
+    logits = _logits(2)
+    want = apply_penalties(logits, [[1, 2, 3], [1, 2, 3]], [[4, 4, 5], [4, 4, 5]], [0.5, 0.1], [0.3, 0.0], [1.4, 1.2])
+    from batchllm_cli.engine.logits import penalize
+
+    pair = rows[1:2].repeat(2)
+    got = penalize(logits, state.counts[pair], state.in_prompt[pair], torch.tensor([0.5, 0.1]),
+                   torch.tensor([0.3, 0.0]), torch.tensor([1.4, 1.2]))
+    torch.testing.assert_close(got, want)
+    state.release(owners[3])
+    newcomer = object()
+    (row,) = state.rows_of([newcomer], [None], [[]]).tolist()
+    assert row == rows[3].item()  # the freed row, zeroed for its new request
+    assert state.counts[row].sum() == 0 and not state.in_prompt[row].any()

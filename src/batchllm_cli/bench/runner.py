@@ -155,7 +155,7 @@ def count_work(llm: Any, requests: Sequence[Any], cost: ModelCost) -> WorkCount:
     sim = simulate(
         requests, plan.groups, num_blocks=llm.num_kv_blocks, block_size=llm.config.block_size,
         token_budget=llm.config.token_budget, memory_bound=llm.config.memory_bound,
-        policy=llm.config.policy, max_running=llm.config.max_running, ahead=steps_ahead(llm.runner, requests),
+        policy=llm.config.policy, max_running=llm.config.max_running, ahead=steps_ahead(llm.runner),
         on_step=counter,
     )  # fmt: skip
     return counter.result(sim.peak_blocks)

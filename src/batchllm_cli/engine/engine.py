@@ -54,8 +54,8 @@ class Engine:
     On CUDA it runs one step ahead: step N+1 is scheduled and launched while step N runs, and
     N's tokens are applied after (its decodes read N's tokens on the device). Worst-case KV
     reservation means no allocation waits for a token. A request that stopped at N (EOS, stop
-    string) is in N+1 once more; that token is dropped. Penalties read every earlier token on
-    the host, so a job with penalties runs one step at a time.
+    string) is in N+1 once more; that token is dropped. Penalties count the drawn tokens on the
+    device (logits.PenaltyState), so jobs with penalties run one step ahead too.
     """
 
     def __init__(self, runner: ModelRunner, requests: Sequence[Request], plan: Plan, stop: StopChecker, *,
@@ -67,7 +67,8 @@ class Engine:
             policy, requests, plan.groups, BlockPool(runner.num_blocks), block_size=runner.config.block_size,
             token_budget=token_budget, memory_bound=memory_bound, max_running=max_running,
         )
-        self.ahead = steps_ahead(runner, requests)
+        self.ahead = steps_ahead(runner)
+        runner.sampler.reset()
         self.tally = _Tally(time.perf_counter(), len(requests))
         self._launched: deque[_Launched] = deque()
 
@@ -86,6 +87,9 @@ class Engine:
         if len(self._launched) <= (self.ahead if batch.items else 0):
             return None
         finished = _apply(self.scheduler, self._launched.popleft(), self.stop, self.tally)
+        for state in finished:
+            if state.sample_row_cache is not None:
+                self.runner.sampler.release(state.sample_row_cache)
         return [_completion(state, self.stop) for state in finished]
 
     def progress(self) -> EngineProgress:
@@ -98,10 +102,11 @@ class Engine:
         return _Launched(batch, sampling, self.runner.launch(batch, [_sample_row(s) for s in sampling], prev))
 
 
-def steps_ahead(runner: ModelRunner, requests: Sequence[Request]) -> int:
+def steps_ahead(runner: ModelRunner) -> int:
     """Launched steps whose tokens may still be on their way: one where the runner overlaps
-    (CUDA), none on the CPU or for a job with penalties (they read every earlier token)."""
-    return 1 if runner.overlaps and not any(r.sampling.has_penalties for r in requests) else 0
+    (CUDA), none on the CPU. (Penalties count the tokens drawn so far on the device, so they
+    need no host copy of the previous step's tokens.)"""
+    return 1 if runner.overlaps else 0
 
 
 def run_plan(

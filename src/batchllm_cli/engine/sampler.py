@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from batchllm_cli.engine.logits import apply_penalties, token_logprobs
+from batchllm_cli.engine.logits import PenaltyState, on_device, penalize, token_logprobs
 from batchllm_cli.types import SamplingParams, TokenLogprob
 
 _MASK32 = 0xFFFFFFFF
@@ -102,6 +102,16 @@ class Sampler:
     def __init__(self, job_seed: int = 0, eos_token_ids: Sequence[int] = ()) -> None:
         self.job_seed = job_seed
         self.eos_token_ids = list(eos_token_ids)  # never drawn by a row short of its min_tokens (nor its stop_token_ids)
+        self.penalties: PenaltyState | None = None  # made at the first penalized row (needs the vocab)
+
+    def release(self, row: SampleRow) -> None:
+        """The request of `row` is done: its penalty counts (if any) free their device row."""
+        if self.penalties is not None:
+            self.penalties.release(row)
+
+    def reset(self) -> None:
+        """Forgets every request's penalty counts (a new job starts)."""
+        self.penalties = None
 
     def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> torch.Tensor:
         """logits [rows, vocab] float32 -> [rows] int64 token ids, on the logits' device (no
@@ -123,22 +133,29 @@ class Sampler:
         for i in too_short:  # a row's own stop tokens are kept out as EOS is (vLLM's min_tokens)
             if rows[i].params.stop_token_ids:
                 logits[i, _on(list(rows[i].params.stop_token_ids), torch.int64, logits.device)] = float("-inf")
+        device = logits.device
         if penalized:
+            # counts of the tokens drawn so far live on the device (PenaltyState): no host copy
+            # of the previous step's tokens is needed, so the loop may run a step ahead
+            if self.penalties is None:
+                self.penalties = PenaltyState(logits.shape[-1], device)
             sub = [rows[i] for i in penalized]
-            logits[penalized] = apply_penalties(
-                logits[penalized],
-                [r.prompt_ids if r.params.repetition_penalty != 1.0 else () for r in sub],
-                [r.output_ids for r in sub],
-                [r.params.presence_penalty for r in sub],
-                [r.params.frequency_penalty for r in sub],
-                [r.params.repetition_penalty for r in sub],
+            state_rows = self.penalties.rows_of(
+                sub, [r.prompt_ids if r.params.repetition_penalty != 1.0 else None for r in sub], [r.output_ids for r in sub])
+            at = _on(penalized, torch.int64, device)
+            logits[at] = penalize(
+                logits[at], self.penalties.counts[state_rows], self.penalties.in_prompt[state_rows],
+                *(_on([getattr(r.params, f) for r in sub], torch.float32, device)
+                  for f in ("presence_penalty", "frequency_penalty", "repetition_penalty")),
             )
         out = torch.argmax(logits, dim=-1)  # greedy rows; random rows are overwritten below
         random_rows = [i for i, r in enumerate(rows) if r.params.temperature > 0]
         for start in range(0, len(random_rows), _ROWS_PER_CHUNK):
             chunk = random_rows[start : start + _ROWS_PER_CHUNK]
-            index = _on(chunk, torch.int64, logits.device)
+            index = _on(chunk, torch.int64, device)
             out[index] = self._draw(logits[index], [rows[i] for i in chunk])
+        if penalized:
+            self.penalties.record(state_rows, out[at])
         return out
 
     def _draw(self, logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
@@ -158,12 +175,7 @@ class Sampler:
         return torch.argmax(scaled.double() + gumbel, dim=-1)
 
 
-def _on(values: Sequence[int | float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A small host list as a tensor on `device`; on CUDA through pinned memory, non-blocking."""
-    host = torch.tensor(values, dtype=dtype)
-    if device.type == "cuda":
-        return host.pin_memory().to(device, non_blocking=True)
-    return host
+_on = on_device
 
 
 def report_logprobs(

@@ -75,7 +75,7 @@ def step_shapes(runner: ModelRunner, requests: Sequence[Request], groups: Sequen
     shapes = StepShapes(runner)
     simulate(requests, groups, num_blocks=runner.num_blocks, block_size=runner.config.block_size,
              token_budget=token_budget, memory_bound=memory_bound, policy=policy, max_running=max_running,
-             ahead=steps_ahead(runner, requests), on_step=shapes)  # fmt: skip
+             ahead=steps_ahead(runner), on_step=shapes)  # fmt: skip
     return shapes
 
 
@@ -91,6 +91,8 @@ def warm_up(runner: ModelRunner, requests: Sequence[Request], groups: Sequence[P
     for spec, batch in new:
         rows = [_row(requests[batch.items[i].request]) for i in batch.sample_items]
         runner.launch(_unfed(batch), rows).token_ids()  # waits: the variants are compiled when it returns
+        for row in rows:
+            runner.sampler.release(row)
         runner.warm_specializations.add(spec)
     return WarmupReport(time.perf_counter() - start, shapes.steps, len(shapes.graph_keys), captured,
                         len(shapes.eager), len(new))
