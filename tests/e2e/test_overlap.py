@@ -34,9 +34,9 @@ def _params(penalties: bool = False) -> list[SamplingParams]:
             out.append(SamplingParams(max_tokens=10, temperature=0.8, seed=i))
         else:
             out.append(SamplingParams(max_tokens=14, stop=(".", "\n")))
-    if penalties:  # counted on the device, so these run one step ahead too
+    if penalties:  # counted on the device, so these run one step ahead too; logprobs as well
         pen = [dict(repetition_penalty=1.3), dict(frequency_penalty=0.7, presence_penalty=0.4), dict(presence_penalty=1.5)]
-        out = [replace(p, **pen[i % 3]) if i % 2 == 0 else p for i, p in enumerate(out)]
+        out = [replace(p, **pen[i % 3]) if i % 2 == 0 else replace(p, logprobs=i % 3) for i, p in enumerate(out)]
     return out
 
 
@@ -48,14 +48,16 @@ def test_one_step_ahead_answers_like_the_plain_loop(smollm2_source, smollm2_mode
         llm = LLM.from_loaded(smollm2_source, smollm2_model, device="cpu", token_budget=budget,
                               num_kv_blocks=96, overlap=overlap)
         assert llm.runner.overlaps is overlap
-        out = [(c.text, c.token_ids, c.finish_reason) for c in llm.generate(PROMPTS, _params(penalties))]
+        out = [(c.text, c.token_ids, c.finish_reason, c.logprobs) for c in llm.generate(PROMPTS, _params(penalties))]
         penalty_rows = llm.runner.sampler.penalties
         assert penalty_rows is None or len(penalty_rows) == 0  # every finished request gave its row back
         return out
 
     plain, ahead = run(False), run(True)
     assert ahead == plain
-    assert {r for _, _, r in plain} == {"length", "stop"}  # EOS, stop strings and max_tokens all end some
+    assert {r for _, _, r, _ in plain} == {"length", "stop"}  # EOS, stop strings and max_tokens all end some
+    if penalties:
+        assert sum(lp is not None for *_, lp in plain) == 3  # the rows that asked got their reports
 
 
 def test_start_up_warm_up_leaves_the_answers_as_they_were(smollm2_source, smollm2_model):

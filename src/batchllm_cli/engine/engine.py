@@ -180,7 +180,7 @@ def _apply(scheduler: Scheduler, done: _Launched, stop: StopChecker, tally: _Tal
     tokens = done.output.token_ids()
     # a request that finished after this step was issued gets no token from it
     live = [s for s in done.sampling if s.status is not Status.FINISHED]
-    for state, logprob in zip(done.sampling, done.output.logprobs):
+    for state, logprob in zip(done.sampling, done.output.logprobs()):
         if logprob is not None and state.status is not Status.FINISHED:
             state.logprobs.append(logprob)
     first = [s for s in live if s.num_output == 0]

@@ -146,14 +146,25 @@ def token_logprobs(logits: torch.Tensor, token_ids: Sequence[int], num_top: Sequ
 
     logits [rows, vocab] (raw model logits); token_ids [rows]; num_top [rows] >= 0.
     """
+    ids = torch.tensor(list(token_ids), dtype=torch.long, device=logits.device)
+    chosen, top_vals, top_ids = logprob_tensors(logits, ids, max(num_top, default=0))
+    return build_token_logprobs(list(token_ids), chosen.tolist(), top_vals.tolist(), top_ids.tolist(), num_top)
+
+
+def logprob_tensors(logits: torch.Tensor, token_ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """On the logits' device, no wait: chosen [rows] (each drawn token's logprob), and the k most
+    likely tokens' logprobs [rows, k] and ids [rows, k]."""
     logprobs = torch.log_softmax(logits.float(), dim=-1)  # [rows, vocab]
-    chosen_ids = torch.tensor(list(token_ids), dtype=torch.long, device=logits.device)
-    chosen = logprobs.gather(1, chosen_ids[:, None])[:, 0].tolist()
-    k = max(num_top, default=0)
-    if k > 0:
-        top_vals, top_ids = (t.tolist() for t in logprobs.topk(k, dim=-1))
+    chosen = logprobs.gather(1, token_ids[:, None])[:, 0]
+    top_vals, top_ids = logprobs.topk(k, dim=-1) if k > 0 else (logprobs[:, :0], token_ids[:, None][:, :0])
+    return chosen, top_vals, top_ids
+
+
+def build_token_logprobs(token_ids: Sequence[int], chosen: Sequence[float], top_vals: Sequence[Sequence[float]],
+                         top_ids: Sequence[Sequence[int]], num_top: Sequence[int]) -> list[TokenLogprob]:
+    """TokenLogprobs from logprob_tensors' figures on the host."""
     out = []
     for row, (tok, lp, n) in enumerate(zip(token_ids, chosen, num_top, strict=True)):
-        top = tuple(TopLogprob(top_ids[row][j], top_vals[row][j]) for j in range(n)) if n else ()
+        top = tuple(TopLogprob(int(top_ids[row][j]), top_vals[row][j]) for j in range(n)) if n else ()
         out.append(TokenLogprob(int(tok), lp, top))
     return out

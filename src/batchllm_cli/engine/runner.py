@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from batchllm_cli.engine.config import EngineConfig
-from batchllm_cli.engine.sampler import SampleRow, Sampler, report_logprobs
+from batchllm_cli.engine.sampler import PendingLogprobs, SampleRow, Sampler, pending_logprobs
 from batchllm_cli.engine.step import StepBatch
 from batchllm_cli.errors import CapacityError
 from batchllm_cli.models.config import ModelConfig
@@ -130,7 +130,7 @@ class ModelRunner:
             return StepOutput.empty(self.device)
         logits = self.model.compute_logits(hidden)  # [num_sampling, vocab] float32
         tokens = self.sampler(logits, rows)
-        return StepOutput.of(tokens, report_logprobs(logits, rows, tokens))
+        return StepOutput.of(tokens, pending_logprobs(logits, rows, tokens))
 
     def graph_key(self, batch: StepBatch, layout: HostLayout) -> GraphKey | None:
         """The CUDA graph that runs this step: decode-only steps (every item one token and
@@ -159,30 +159,38 @@ class ModelRunner:
 @dataclass
 class StepOutput:
     """A launched step's sampled tokens: on the device (to feed the next step) and on their way
-    to the host (pinned memory, a non-blocking copy and an event on CUDA)."""
+    to the host (pinned memory, non-blocking copies and an event on CUDA), with the logprobs
+    of the rows that ask for them."""
 
     tokens: torch.Tensor  # [num_sampling] int64 on the model's device
-    logprobs: list[TokenLogprob | None]
     _host: torch.Tensor
-    _ready: Any = None  # torch.cuda.Event recorded after the copy, None on CPU
+    _logprobs: PendingLogprobs | None = None  # host side (pinned) once the copies are done
+    _ready: Any = None  # torch.cuda.Event recorded after the copies, None on CPU
 
     @classmethod
-    def of(cls, tokens: torch.Tensor, logprobs: list[TokenLogprob | None]) -> "StepOutput":
+    def of(cls, tokens: torch.Tensor, logprobs: PendingLogprobs | None = None) -> "StepOutput":
         if tokens.device.type != "cuda":
-            return cls(tokens, logprobs, tokens)
+            return cls(tokens, tokens, logprobs)
         host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
         host.copy_(tokens, non_blocking=True)
+        pending = None if logprobs is None else logprobs.to_host()
         ready = torch.cuda.Event()
         ready.record()
-        return cls(tokens, logprobs, host, ready)
+        return cls(tokens, host, pending, ready)
 
     @classmethod
     def empty(cls, device: torch.device) -> "StepOutput":
         none = torch.zeros(0, dtype=torch.int64, device=device)
-        return cls(none, [], none.cpu())
+        return cls(none, none.cpu())
 
     def token_ids(self) -> list[int]:
         """The sampled tokens on the host (waits for the step on CUDA)."""
         if self._ready is not None:
             self._ready.synchronize()
         return self._host.tolist()
+
+    def logprobs(self) -> list[TokenLogprob | None]:
+        """Each sampling row's logprob report (None where not asked); waits as token_ids does."""
+        if self._ready is not None:
+            self._ready.synchronize()
+        return [None] * int(self._host.shape[0]) if self._logprobs is None else self._logprobs.resolve()

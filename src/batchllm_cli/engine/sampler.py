@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from batchllm_cli.engine.logits import PenaltyState, on_device, penalize, token_logprobs
+from batchllm_cli.engine.logits import PenaltyState, build_token_logprobs, logprob_tensors, on_device, penalize
 from batchllm_cli.types import SamplingParams, TokenLogprob
 
 _MASK32 = 0xFFFFFFFF
@@ -178,18 +178,53 @@ class Sampler:
 _on = on_device
 
 
+@dataclass
+class PendingLogprobs:
+    """The logprobs of a step's rows that ask for them, as tensors: on the device at launch,
+    then on their way to the host (pinned memory) with the step's tokens; `resolve` after the
+    step's tokens arrived makes the reports. Nothing waits for the device at launch."""
+
+    num_rows: int
+    wanted: list[int]  # sampling rows that ask
+    num_top: list[int]
+    tensors: tuple[torch.Tensor, ...]  # tokens [w], chosen [w], top logprobs [w, k], top ids [w, k]
+
+    def to_host(self) -> "PendingLogprobs":
+        """The same, copied into pinned host memory without waiting (CUDA); as is on a CPU."""
+        if self.tensors[0].device.type != "cuda":
+            return self
+        host = []
+        for t in self.tensors:
+            h = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            h.copy_(t, non_blocking=True)
+            host.append(h)
+        return PendingLogprobs(self.num_rows, self.wanted, self.num_top, tuple(host))
+
+    def resolve(self) -> list[TokenLogprob | None]:
+        """Each row's report (None for rows that did not ask); the copies must be done."""
+        tokens, chosen, top_vals, top_ids = (t.tolist() for t in self.tensors)
+        out: list[TokenLogprob | None] = [None] * self.num_rows
+        for i, lp in zip(self.wanted, build_token_logprobs(tokens, chosen, top_vals, top_ids, self.num_top)):
+            out[i] = lp
+        return out
+
+
+def pending_logprobs(logits: torch.Tensor, rows: Sequence[SampleRow], token_ids: torch.Tensor) -> PendingLogprobs | None:
+    """The logprobs of the rows that ask, computed on the device (None: no row asks)."""
+    wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
+    if not wanted:
+        return None
+    num_top = [rows[i].params.logprobs or 0 for i in wanted]
+    at = _on(wanted, torch.int64, logits.device)
+    tokens = token_ids.to(logits.device)[at]
+    return PendingLogprobs(len(rows), wanted, num_top, (tokens, *logprob_tensors(logits[at], tokens, max(num_top))))
+
+
 def report_logprobs(
     logits: torch.Tensor, rows: Sequence[SampleRow], token_ids: Sequence[int] | torch.Tensor
 ) -> list[TokenLogprob | None]:
-    """For each row that asks for logprobs, its drawn token's logprob and top alternatives."""
-    wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
-    out: list[TokenLogprob | None] = [None] * len(rows)
-    if wanted:
-        if isinstance(token_ids, torch.Tensor):
-            token_ids = token_ids.tolist()  # waits for the step: only rows that ask for logprobs
-        found = token_logprobs(
-            logits[wanted], [token_ids[i] for i in wanted], [rows[i].params.logprobs or 0 for i in wanted]
-        )
-        for i, lp in zip(wanted, found):
-            out[i] = lp
-    return out
+    """For each row that asks for logprobs, its drawn token's logprob and top alternatives
+    (waits for the device: the engine keeps them pending instead)."""
+    ids = token_ids if isinstance(token_ids, torch.Tensor) else torch.tensor(list(token_ids), dtype=torch.int64)
+    pending = pending_logprobs(logits, rows, ids)
+    return [None] * len(rows) if pending is None else pending.resolve()
