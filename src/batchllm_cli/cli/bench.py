@@ -271,6 +271,8 @@ def _print_report(console: Console, report: BenchReport) -> None:
             console.print(f"{r.system} run {r.repeat + 1}: {r.graph_captures} CUDA graph(s) captured inside the timed run", style="yellow")
         if r.kernel_compiles:
             console.print(f"{r.system} run {r.repeat + 1}: {r.kernel_compiles} Triton kernel variant(s) compiled inside the timed run", style="yellow")
+        if r.warmup_s is not None and r.warmup_s >= 1.0:
+            console.print(f"{r.system} run {r.repeat + 1}: the engine's start-up warm-up took {r.warmup_s:.1f} s (untimed)", style="dim")
     for s in report.unstable():
         console.print(f"{s}: repeated runs differ by more than 10% from their median", style="yellow")
     for t in report.to_dict()["targets"]:
