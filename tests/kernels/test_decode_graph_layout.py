@@ -117,3 +117,22 @@ def test_graph_buffers_hold_the_padded_layout_and_the_fed_tokens():
     # groups: the two decodes on segment 0, the solo decode, the padding row, then empty groups
     assert buf["decode_group_ptr"].tolist() == [0, 2, 3, 4, 4]
     assert buf["decode_group_shared"].tolist() == [0, -1, -1, -1]
+
+
+def test_a_graph_captured_ahead_of_its_step_holds_padding_rows_only(monkeypatch):
+    # The start-up warm-up captures a key before any step needs it: the static buffers hold
+    # `size` padding decodes (no KV stored, none read), and the key's launch shape is kept.
+    from types import SimpleNamespace
+
+    from batchllm_cli.engine.cuda_graphs import DecodeGraphs
+
+    model = SimpleNamespace(config=SimpleNamespace(num_heads=4, num_kv_heads=2))
+    graphs = DecodeGraphs(model, [], BLOCK, max_model_len=256, device=torch.device("cpu"))
+    seen = []
+    monkeypatch.setattr(graphs, "_capture", lambda key, buf, meta: seen.append((key, buf, meta)))
+    graphs.capture((8, 32, 2))
+    ((key, buf, meta),) = seen
+    assert key == (8, 32, 2) and (meta.decode_block_m, meta.decode_splits, meta.num_decodes) == (32, 2, 8)
+    assert buf["slot_mapping"].tolist() == [-1] * 8 and buf["own_ctx_lens"].tolist() == [0] * 8
+    assert buf["shared_ids"].tolist() == [-1] * 8
+    assert buf["decode_group_ptr"].tolist() == list(range(9))  # each padding row a group of its own
