@@ -114,6 +114,9 @@ class HostLayout:
     slot_mapping: np.ndarray  # [num_tokens] int64
     decode_group_ptr: np.ndarray  # [num_decode_groups + 1] int32
     decode_group_shared: np.ndarray  # [num_decode_groups] int32
+    # blocks the kernels read: of any item's own segment (its new tokens included) / any shared one
+    own_width: int = 1
+    shared_width: int = 1
 
     INT32_FIELDS = ("cu_seqlens_q", "own_ctx_lens", "own_block_tables", "shared_ids", "shared_lens",
                     "shared_block_tables", "decode_group_ptr", "decode_group_shared")
@@ -151,8 +154,14 @@ class HostLayout:
         shared_ids: Sequence[int],
         shared_lens: Sequence[int],
         shared_block_tables: Sequence[Sequence[int]],
+        *,
+        tables: bool = True,
     ) -> "HostLayout":
-        """The layout of items in kernel order (see the module docstring)."""
+        """The layout of items in kernel order (see the module docstring).
+
+        tables=False: the block tables are left out (zero columns; the caller gathers them on
+        the device, engine/block_tables.py), and only the blocks the new tokens are stored in
+        are read, for the slot mapping."""
         q = np.asarray(q_lens, dtype=np.int64).reshape(-1)
         ctx = np.asarray(own_ctx_lens, dtype=np.int32).reshape(-1)
         sid = np.asarray(shared_ids, dtype=np.int32).reshape(-1)
@@ -162,11 +171,16 @@ class HostLayout:
         num_decodes = int(not_single[0]) if not_single.size else n
         cu = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(q, out=cu[1:])
-        own = ragged_table(own_block_tables)
-        # slot of each new token: item i's j-th token sits at own position ctx[i] + j
+        # slot of each new token: item i's j-th token sits at own position ctx[i] + j, in the
+        # blocks first[i]..last[i] of its table
         item_of = np.repeat(np.arange(n), q)
         pos = ctx[item_of].astype(np.int64) + (np.arange(int(cu[-1]), dtype=np.int64) - cu[:-1][item_of])
-        slots = own[item_of, pos // block_size].astype(np.int64) * block_size + pos % block_size
+        first = ctx.astype(np.int64) // block_size
+        last = (ctx + q - 1) // block_size
+        touched = ragged_table([t[f : l + 1] for t, f, l in zip(own_block_tables, first.tolist(), last.tolist())])
+        slots = (touched[item_of, pos // block_size - first[item_of]].astype(np.int64) * block_size
+                 + pos % block_size)
+        own = ragged_table(own_block_tables) if tables else np.zeros((n, 0), np.int32)
         # runs of decodes with one shared segment; a decode without one is a run of its own
         d = sid[:num_decodes]
         starts = np.flatnonzero((d < 0) | (d != np.concatenate([[-2], d[:-1]])))
@@ -182,22 +196,31 @@ class HostLayout:
             own_block_tables=own,
             shared_ids=sid,
             shared_lens=slens,
-            shared_block_tables=ragged_table(shared_block_tables),
+            shared_block_tables=ragged_table(shared_block_tables) if tables else np.zeros((len(slens), 0), np.int32),
             slot_mapping=slots,
             decode_group_ptr=ptr,
             decode_group_shared=d[starts].astype(np.int32),
+            own_width=max(int(last.max(initial=0)) + 1, 1),
+            shared_width=max(-(-int(slens.max(initial=0)) // block_size), 1),
         )
 
     def to_device(self, device: torch.device | str, **launch: int | None) -> AttentionMetadata:
         """AttentionMetadata on `device`: the int32 arrays in one packed copy, slots in another;
         from pinned memory without waiting on a CUDA device. `launch`: decode_block_m / splits."""
+        meta, _ = self.to_device_with(device, [], **launch)
+        return meta
+
+    def to_device_with(self, device: torch.device | str, extra: Sequence[np.ndarray],
+                       **launch: int | None) -> tuple[AttentionMetadata, list[torch.Tensor]]:
+        """to_device, with `extra` int32 arrays in the same packed copy (views of it, returned)."""
         parts = [getattr(self, name) for name in self.INT32_FIELDS]
-        views = upload_packed(parts, torch.int32, device)
+        views = upload_packed(parts + list(extra), torch.int32, device)
         (slots,) = upload_packed([self.slot_mapping], torch.int64, device)
         fields = dict(zip(self.INT32_FIELDS, views))
-        return AttentionMetadata(block_size=self.block_size, num_decodes=self.num_decodes,
+        meta = AttentionMetadata(block_size=self.block_size, num_decodes=self.num_decodes,
                                  max_q_len=self.max_q_len, max_kv_len=self.max_kv_len,
                                  slot_mapping=slots, **fields, **launch)
+        return meta, views[len(parts):]
 
 
 def upload_flat(arrays: Sequence[np.ndarray], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:

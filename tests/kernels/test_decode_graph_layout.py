@@ -98,20 +98,27 @@ def test_graph_buffers_hold_the_padded_layout_and_the_fed_tokens():
     from batchllm_cli.engine.cuda_graphs import DecodeGraphs, pad_layout
     from batchllm_kernels.metadata import HostLayout
 
+    from batchllm_cli.engine.block_tables import DeviceBlockTables
+
     model = SimpleNamespace(config=SimpleNamespace(num_heads=4, num_kv_heads=2))
     graphs = DecodeGraphs(model, [], BLOCK, max_model_len=256, device=torch.device("cpu"))
-    own = [[3, 4], [5], [6, 7, 8]]
-    layout = HostLayout.build(BLOCK, [1, 1, 1], [17, 2, 40], own, [0, 0, -1], [32], [[1, 2]])
+    own = [(3, 4), (5,), (6, 7, 8)]
+    layout = HostLayout.build(BLOCK, [1, 1, 1], [17, 2, 40], own, [0, 0, -1], [32], [(1, 2)], tables=False)
+    assert (layout.own_width, layout.shared_width) == (3, 2) and layout.own_block_tables.shape == (3, 0)
     padded = pad_layout(layout, np.array([11, 0, 13]), np.array([49, 34, 40]), size=4)
+    tables = DeviceBlockTables(graphs.width, torch.device("cpu"))
+    tables.rows(["other"], [(9, 9, 9, 9)])  # the device table holds other sequences too
+    rows = (tables.rows(["a", "b", "c"], own), tables.rows(["prefix"], [(1, 2)]))
     buf = graphs._static(4)
     buf["own_block_tables"].fill_(99)  # older columns may stay: only those in use are copied
     feed = (torch.tensor([1]), torch.tensor([12]))  # row 1's token was drawn by the step before
-    graphs._fill(buf, padded, feed)
+    graphs._fill(buf, padded, (layout.own_width, layout.shared_width), tables, rows, feed)
     assert buf["input_ids"].tolist() == [11, 12, 13, 0]
     assert buf["positions"].tolist() == [49, 34, 40, 0]
     assert buf["slot_mapping"].tolist() == [4 * BLOCK + 1, 5 * BLOCK + 2, 8 * BLOCK + 8, -1]
     assert buf["own_ctx_lens"].tolist() == [17, 2, 40, 0]
     assert buf["own_block_tables"][:3, :3].tolist() == [[3, 4, 0], [5, 0, 0], [6, 7, 8]]
+    assert buf["own_block_tables"][3, 0] == 99  # the padding row's stale columns are never read
     assert buf["shared_ids"].tolist() == [0, 0, -1, -1] and buf["shared_lens"][:1].tolist() == [32]
     assert buf["shared_block_tables"][0, :2].tolist() == [1, 2]
     # groups: the two decodes on segment 0, the solo decode, the padding row, then empty groups

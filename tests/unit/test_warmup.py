@@ -73,7 +73,8 @@ def test_the_dry_run_predicts_every_graph_key_and_eager_shape_of_the_run(policy,
     model = SimpleNamespace(config=SimpleNamespace(num_heads=llm.model_config.num_heads,
                                                    num_kv_heads=llm.model_config.num_kv_heads))
     llm.runner.graphs = DecodeGraphs(model, [], 16, llm.max_model_len, torch.device("cpu"))
-    llm.runner.graphs.run = lambda layout, key, ids, pos, feed=None: torch.zeros((layout.num_decodes, llm.model_config.hidden_size))
+    llm.runner.graphs.run = lambda layout, key, ids, pos, tables, rows, feed=None: torch.zeros(
+        (layout.num_decodes, llm.model_config.hidden_size))
     rng = np.random.default_rng(0)
     prefix = rng.integers(5, 200, 40).tolist()
     prompts = [prefix + rng.integers(5, 200, int(rng.integers(3, 30))).tolist() for _ in range(20)]

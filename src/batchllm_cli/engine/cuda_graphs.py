@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from batchllm_kernels.metadata import AttentionMetadata, HostLayout, upload_flat
 from batchllm_kernels.decode_launch import decode_launch_shape
+
+if TYPE_CHECKING:
+    from batchllm_cli.engine.block_tables import DeviceBlockTables
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512)
 MAX_GRAPHS = 48  # keys beyond this run eagerly (each graph holds its own launch records)
@@ -169,23 +172,26 @@ class DecodeGraphs:
         empty = HostLayout.build(self.block_size, [], [], [], [], [], [])
         none = np.zeros(0, np.int64)
         buf = self._static(size)
-        self._fill(buf, pad_layout(empty, none, none, size), None)
+        no_rows = np.zeros(0, np.int32)
+        self._fill(buf, pad_layout(empty, none, none, size), (1, 1), None, (no_rows, no_rows), None)
         self._capture(key, buf, self._meta(buf, size, block_m, splits))
 
     def run(self, layout: HostLayout, key: GraphKey, input_ids: np.ndarray, positions: np.ndarray,
+            tables: DeviceBlockTables, rows: tuple[np.ndarray, np.ndarray],
             feed: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """hidden [n, hidden] of a decode-only step of n decodes (a HostLayout in kernel order,
-        `key` its key_of).
+        `key` its key_of), whose block tables are `rows` (own [n], shared [s]) of `tables`.
 
         feed: (rows [k] int64, tokens [k] int64) on the device: input ids that the previous step
         sampled and the host has not seen yet, written over input_ids[rows]."""
         n = layout.num_decodes
         size = key[0]
-        widths = (layout.own_block_tables.shape[1], layout.shared_block_tables.shape[1])
-        if max(widths) > self.width:
-            raise ValueError(f"a block table of {max(widths)} blocks exceeds the context's {self.width}")
+        if max(layout.own_width, layout.shared_width) > self.width:
+            raise ValueError(f"a block table of {max(layout.own_width, layout.shared_width)} blocks exceeds "
+                             f"the context's {self.width}")
         buf = self._static(size)
-        self._fill(buf, pad_layout(layout, input_ids, positions, size), feed)
+        self._fill(buf, pad_layout(layout, input_ids, positions, size), (layout.own_width, layout.shared_width),
+                   tables, rows, feed)
         entry = self._graphs.get(key)
         if entry is not None:
             entry[0].replay()
@@ -236,22 +242,25 @@ class DecodeGraphs:
             self._buffers[size] = buf
         return buf
 
-    def _fill(self, buf: dict[str, torch.Tensor], layout: DecodeLayout,
+    def _fill(self, buf: dict[str, torch.Tensor], layout: DecodeLayout, widths: tuple[int, int],
+              tables: DeviceBlockTables | None, rows: tuple[np.ndarray, np.ndarray],
               feed: tuple[torch.Tensor, torch.Tensor] | None) -> None:
-        """Two packed uploads (pinned, non-blocking), then device-side copies of the block-table
-        columns in use (the kernels never read a row past its length, so older columns may stay)
-        and of the fed tokens."""
+        """Two packed uploads (pinned, non-blocking: the 1-D fields with the real rows' block-table
+        row indices, then ids, positions and slots), then device-side copies: the block-table
+        columns in use, gathered from `tables` (the kernels never read a row past its length, so
+        older columns and the padding rows' stale ones may stay), and the fed tokens."""
         host = layout.host
-        own, shared = host.own_block_tables, host.shared_block_tables
+        own_rows, shared_rows = rows
         head = [getattr(host, name) for name in _STATIC32]
         n32 = buf["flat32"].shape[0]
-        packed = upload_flat(head + [own, shared], torch.int32, self.device)
+        packed = upload_flat(head + [own_rows, shared_rows], torch.int32, self.device)
         buf["flat32"].copy_(packed[:n32])
-        own_dev = packed[n32 : n32 + own.size].view(own.shape)
-        shared_dev = packed[n32 + own.size :].view(shared.shape)
         buf["flat64"].copy_(upload_flat([layout.input_ids, layout.positions, host.slot_mapping], torch.int64, self.device))
-        buf["own_block_tables"][: own.shape[0], : own.shape[1]].copy_(own_dev)
-        buf["shared_block_tables"][: shared.shape[0], : shared.shape[1]].copy_(shared_dev)
+        if tables is not None:
+            own_w, shared_w = widths
+            own_dev, shared_dev = packed[n32:].split([own_rows.size, shared_rows.size])
+            buf["own_block_tables"][: own_rows.size, :own_w].copy_(tables.gather(own_dev, own_w))
+            buf["shared_block_tables"][: shared_rows.size, :shared_w].copy_(tables.gather(shared_dev, shared_w))
         if feed is not None:
             rows, tokens = feed
             buf["input_ids"].index_copy_(0, rows, tokens)

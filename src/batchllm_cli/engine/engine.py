@@ -69,6 +69,7 @@ class Engine:
         )
         self.ahead = steps_ahead(runner)
         runner.sampler.reset()
+        runner.block_tables.reset()
         self.tally = _Tally(time.perf_counter(), len(requests))
         self._launched: deque[_Launched] = deque()
 
@@ -88,8 +89,9 @@ class Engine:
             return None
         finished = _apply(self.scheduler, self._launched.popleft(), self.stop, self.tally)
         for state in finished:
-            if state.sample_row_cache is not None:
-                self.runner.sampler.release(state.sample_row_cache)
+            group = state.group
+            prefix_ended = group.position if group.prefix_len and not group.members_left else None
+            self.runner.finished(state.index, prefix_ended, state.sample_row_cache)
         return [_completion(state, self.stop) for state in finished]
 
     def progress(self) -> EngineProgress:

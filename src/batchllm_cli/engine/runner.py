@@ -10,12 +10,13 @@ It also owns the paged KV cache and decides how many blocks it has.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
+from batchllm_cli.engine.block_tables import DeviceBlockTables
 from batchllm_cli.engine.config import EngineConfig
 from batchllm_cli.engine.sampler import PendingLogprobs, SampleRow, Sampler, pending_logprobs
 from batchllm_cli.engine.step import StepBatch
@@ -60,6 +61,8 @@ class ModelRunner:
             self.model_config, num_blocks, config.block_size, config.dtype, self.device
         )
         self.sampler = Sampler(job_seed=config.seed, eos_token_ids=self.model_config.eos_token_ids)
+        # every live sequence's block table, on the device from its first step on
+        self.block_tables = DeviceBlockTables(-(-self.model_config.max_position // config.block_size), self.device)
         self.graphs: DecodeGraphs | None = None
         # eager-step specializations whose kernels have run (engine/warmup.py)
         self.warm_specializations: set[tuple[int, ...]] = set()
@@ -77,7 +80,8 @@ class ModelRunner:
         return self.device.type == "cuda" if self.config.overlap is None else self.config.overlap
 
     def host_layout(self, batch: StepBatch) -> HostLayout:
-        """The step's attention layout on the host, in the batch's (kernel) item order."""
+        """The step's attention layout on the host, in the batch's (kernel) item order, without
+        block tables: those are rows of `block_tables` on the device (`table_rows`)."""
         items = batch.items
         return HostLayout.build(
             self.config.block_size,
@@ -87,7 +91,27 @@ class ModelRunner:
             [it.shared_id for it in items],
             [s.length for s in batch.shared],
             [s.block_table for s in batch.shared],
+            tables=False,
         )
+
+    def table_rows(self, batch: StepBatch) -> tuple[np.ndarray, np.ndarray]:
+        """The device block-table rows of the step's items (own blocks) and shared segments,
+        written first where a sequence is new. Keys: a request's index; -1 - group position
+        for a group's prefix (a prefix chunk's own blocks and the members' shared segment)."""
+        items = batch.items
+        own = self.block_tables.rows([it.request if it.request >= 0 else -1 - it.group for it in items],
+                                     [it.own_block_table for it in items])
+        shared = self.block_tables.rows([-1 - seg.group for seg in batch.shared], [seg.block_table for seg in batch.shared])
+        return own, shared
+
+    def finished(self, request: int, group: int | None, row: SampleRow | None) -> None:
+        """A request ended (and with it its group's prefix, when `group` is given): their
+        block-table rows, and the penalty counts of its SampleRow, may serve others."""
+        self.block_tables.release(request)
+        if group is not None:
+            self.block_tables.release(-1 - group)
+        if row is not None:
+            self.sampler.release(row)
 
     @torch.inference_mode()
     def launch(self, batch: StepBatch, rows: Sequence[SampleRow], prev: StepOutput | None = None) -> StepOutput:
@@ -110,6 +134,7 @@ class ModelRunner:
         if feed_rows.size and prev is None:
             raise RuntimeError("a decode is fed from a previous step that was not given: a bug in batchllm")
         sample_items = np.asarray(batch.sample_items, dtype=np.int64)
+        own_rows, shared_rows = self.table_rows(batch)
         key = self.graph_key(batch, layout)
         if key is not None:
             assert self.graphs is not None
@@ -117,9 +142,12 @@ class ModelRunner:
             if feed_rows.size:
                 rows_dev, src_dev = upload_packed([feed_rows, feed_src], torch.int64, self.device)
                 feed = (rows_dev, prev.tokens.index_select(0, src_dev))
-            hidden = self.graphs.run(layout, key, input_ids, positions, feed)  # [num_items, hidden]
+            hidden = self.graphs.run(layout, key, input_ids, positions, self.block_tables, (own_rows, shared_rows),
+                                     feed)  # [num_items, hidden]
         else:
-            meta = layout.to_device(self.device)
+            meta, (own_dev, shared_dev) = layout.to_device_with(self.device, [own_rows, shared_rows])
+            meta = replace(meta, own_block_tables=self.block_tables.gather(own_dev, layout.own_width),
+                           shared_block_tables=self.block_tables.gather(shared_dev, layout.shared_width))
             ends = layout.cu_seqlens_q[1:][sample_items].astype(np.int64) - 1
             ids, pos, rows_dev, src_dev, ends_dev = upload_packed(
                 [input_ids, positions, feed_rows, feed_src, ends], torch.int64, self.device)
