@@ -2,8 +2,8 @@
 
 Both models hold the same bf16 weights (ours filled by the random preset, copied into HF's
 LlamaForCausalLM through our own HF-name map). Our engine generates greedily (Triton kernels,
-prefix sharing, CUDA graphs for decode steps); then both models score the prompt plus our
-tokens in one forward pass (teacher forcing). The two implementations' logits must agree
+prefix sharing, CUDA graphs for decode steps, piecewise graphs for prefill steps); then both
+models score the prompt plus our tokens in one forward pass (teacher forcing). The two implementations' logits must agree
 closely everywhere (within LOGIT_TOL of the logits' range), and each of our tokens must be
 HF's argmax, or a near tie whose gap to HF's best is within twice the measured difference
 between the two models' logits at that position (bf16 rounding decided it; generation may then
@@ -96,6 +96,7 @@ def test_greedy_tokens_match_transformers(preset):
     prompts = _prompts(source.config.vocab_size)
     done = llm.generate(prompts, SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True))
     assert llm.runner.graphs is not None and llm.runner.graphs.replays + llm.runner.graphs.captures > 0
+    assert llm.runner.mixed is not None and llm.runner.mixed.replays > 0  # the prefill steps: piecewise graphs
     hf = _hf_twin(source, ours)
     exact = total = 0
     worst = 0.0

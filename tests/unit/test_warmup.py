@@ -17,6 +17,7 @@ import torch
 from batchllm_cli.engine.cuda_graphs import DecodeGraphs
 from batchllm_cli.engine.warmup import StepShapes, step_shapes
 from batchllm_kernels.metadata import HostLayout, int_specialization
+from graph_stand_ins import EagerMixed
 
 
 def test_int_specialization_classes():
@@ -45,6 +46,7 @@ class _Recorder:
     def __init__(self, runner):
         self.runner = runner
         self.keys: Counter = Counter()
+        self.mixed: Counter = Counter()
         self.eager: set = set()
         self.steps = 0
         self._real = runner.launch
@@ -55,6 +57,9 @@ class _Recorder:
         key = self.runner.graph_key(batch, layout)
         if key is None:
             self.eager.add(self.runner.eager_specialization(layout))
+            size = self.runner.mixed_size(layout)
+            if size is not None:
+                self.mixed[size] += 1
         else:
             self.keys[key] += 1
         return self._real(batch, rows, prev)
@@ -75,6 +80,8 @@ def test_the_dry_run_predicts_every_graph_key_and_eager_shape_of_the_run(policy,
     llm.runner.graphs = DecodeGraphs(model, [], 16, llm.max_model_len, torch.device("cpu"))
     llm.runner.graphs.run = lambda layout, key, ids, pos, tables, rows, feed=None: torch.zeros(
         (layout.num_decodes, llm.model_config.hidden_size))
+    # and piecewise graphs (run eagerly) for the other steps
+    llm.runner.mixed = EagerMixed(llm.runner.model, llm.runner.kv_caches, 64)
     rng = np.random.default_rng(0)
     prefix = rng.integers(5, 200, 40).tolist()
     prompts = [prefix + rng.integers(5, 200, int(rng.integers(3, 30))).tolist() for _ in range(20)]
@@ -92,6 +99,7 @@ def test_the_dry_run_predicts_every_graph_key_and_eager_shape_of_the_run(policy,
     assert len(done) == len(requests)
     assert seen[-1].steps == recorder.steps  # the progress counts launched steps, no empty ones
     assert recorder.keys == shapes.graph_keys  # every decode step's key, with its count
+    assert recorder.mixed == shapes.mixed_sizes and sum(shapes.mixed_sizes.values()) >= 10  # and every mixed step's size
     assert recorder.eager == set(shapes.eager)
     assert len(shapes.graph_keys) >= 2 and len(shapes.eager) >= 2
     assert shapes.steps == recorder.steps

@@ -221,8 +221,8 @@ def _execute(llm: Any, workload: Workload, requests: Sequence[Any], system: str,
 
 def graph_captures(llm: Any) -> int | None:
     """CUDA graphs the LLM's runner has captured so far; None when it uses none."""
-    graphs = getattr(getattr(llm, "runner", None), "graphs", None)
-    return None if graphs is None else int(graphs.captures)
+    runner = getattr(llm, "runner", None)
+    return None if runner is None else runner.graph_captures
 
 
 def kernel_compiles(llm: Any) -> int | None:

@@ -48,6 +48,7 @@ class Session:
     pools: PoolChoice = PoolChoice()
     device: str | None = None
     token_budget: int | None = None
+    mixed_graph_tokens: int | None = None  # None: the engine config's
     repeats: int = 3
     warmup: bool = True
     profile: bool = False
@@ -98,7 +99,8 @@ def run_session(
             bench_model = None
             release_memory()
             note(f"loading {case.model or 'the embedded model'}")
-            bench_model = load_bench_model(case.model, session.device, token_budget=session.token_budget)
+            bench_model = load_bench_model(case.model, session.device, token_budget=session.token_budget,
+                                           mixed_graph_tokens=session.mixed_graph_tokens)
             loaded_for = case.model
         if not header:
             cfg = bench_model.config

@@ -66,6 +66,7 @@ class _Args:
     kv_pool_like: str | None
     kv_blocks: int | None
     token_budget: int | None
+    mixed_graph_tokens: int | None
     threads: int | None
     profile: bool
     out: Path | None
@@ -112,6 +113,7 @@ def bench(
     kv_pool_like: Annotated[Optional[str], typer.Option(help="A KV pool of the size MODEL gets on GPU (configs/gpus.toml), e.g. llama-3.1-8b@a100-80gb: the paper's memory regime.", show_default=False)] = None,
     kv_blocks: Annotated[Optional[int], typer.Option(min=1, help="KV pool size in blocks (default: the engine config's).", show_default=False)] = None,
     token_budget: Annotated[Optional[int], typer.Option(min=1, help="Tokens per engine step (default: configs/engine/default.toml).", show_default=False)] = None,
+    mixed_graph_tokens: Annotated[Optional[int], typer.Option(min=0, metavar="N", help="On CUDA: steps of up to N tokens that no decode graph holds replay piecewise graphs; 0: they run eagerly (default: configs/engine/default.toml).", show_default=False)] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads (on a busy CPU, 1 can be much faster).", show_default=False)] = None,
     profile: Annotated[bool, typer.Option("--profile", help="One more run per system under the torch profiler (CUDA activity): GPU kernel time / wall, top kernels.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSON report (the PNG plot goes beside it). Default: results/bench-NAME.json.", show_default=False)] = None,
@@ -229,7 +231,7 @@ def _session(o: _Args) -> Session:
     return Session(
         name=name, systems=tuple(systems), cases=tuple(cases),
         pools=PoolChoice(o.kv_tokens, o.kv_pool_like, o.kv_blocks), device=o.device,
-        token_budget=o.token_budget, repeats=o.repeats, warmup=o.warmup, profile=o.profile,
+        token_budget=o.token_budget, mixed_graph_tokens=o.mixed_graph_tokens, repeats=o.repeats, warmup=o.warmup, profile=o.profile,
         header=(("command", f"batchllm bench {command}" if command is not None else None), ("suite", o.suite),
                 ("scale", o.scale), ("requests", o.requests)),
     )  # fmt: skip

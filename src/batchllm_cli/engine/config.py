@@ -30,6 +30,9 @@ class EngineConfig:
     min_prefix_tokens: int = 16
     prefix_sharing: bool = True
     cuda_graphs: bool = False
+    # with cuda_graphs: steps of up to this many tokens that no decode graph holds replay
+    # piecewise graphs (engine/mixed_graphs.py); 0: they run eagerly
+    mixed_graph_tokens: int = 0
     # before a job's first step, capture its CUDA graphs and compile its kernels (engine/warmup.py)
     warmup: bool = False
     # schedule and launch step N+1 while step N runs (engine/engine.py); None: on CUDA only
@@ -59,6 +62,8 @@ class EngineConfig:
             raise ConfigError(f"kv_cache_gib must be positive, got {self.kv_cache_gib}")
         if self.max_running is not None and self.max_running < 1:
             raise ConfigError(f"max_running must be at least 1, got {self.max_running}")
+        if self.mixed_graph_tokens < 0:
+            raise ConfigError(f"mixed_graph_tokens must be 0 (off) or more, got {self.mixed_graph_tokens}")
         if self.min_prefix_tokens < 1:
             raise ConfigError(f"min_prefix_tokens must be at least 1, got {self.min_prefix_tokens}")
         if self.dtype not in ("float32", "bfloat16", "float16"):

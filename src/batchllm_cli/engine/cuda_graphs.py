@@ -133,7 +133,7 @@ class DecodeGraphs:
     """Captured decode steps of one model and KV cache; `run` replays or captures one."""
 
     def __init__(self, model: torch.nn.Module, kv_caches: list, block_size: int, max_model_len: int,
-                 device: torch.device) -> None:
+                 device: torch.device, pool: Any = None) -> None:
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
@@ -145,7 +145,7 @@ class DecodeGraphs:
         self.max_size = BUCKETS[-1]
         self._buffers: dict[int, dict[str, torch.Tensor]] = {}
         self._graphs: dict[GraphKey, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self._pool: Any = None
+        self._pool: Any = pool  # a graph memory pool, shared with other graphs; None: made at the first capture
         self.replays = 0
         self.captures = 0
 

@@ -28,6 +28,7 @@ from batchllm_kernels.metadata import HostLayout, upload_packed
 
 if TYPE_CHECKING:
     from batchllm_cli.engine.cuda_graphs import DecodeGraphs, GraphKey
+    from batchllm_cli.engine.mixed_graphs import MixedGraphs
 
 
 def kv_pool_blocks(config: EngineConfig, model_config: ModelConfig) -> int:
@@ -64,14 +65,20 @@ class ModelRunner:
         # every live sequence's block table, on the device from its first step on
         self.block_tables = DeviceBlockTables(-(-self.model_config.max_position // config.block_size), self.device)
         self.graphs: DecodeGraphs | None = None
+        self.mixed: MixedGraphs | None = None
         # eager-step specializations whose kernels have run (engine/warmup.py)
         self.warm_specializations: set[tuple[int, ...]] = set()
         if config.cuda_graphs and self.device.type == "cuda":
             from batchllm_cli.engine.cuda_graphs import DecodeGraphs
+            from batchllm_cli.engine.mixed_graphs import MixedGraphs, StepPieces, buffer_rows
 
+            pool = torch.cuda.graph_pool_handle()  # one pool for every graph of this runner
             self.graphs = DecodeGraphs(
-                model, self.kv_caches, config.block_size, self.model_config.max_position, self.device
+                model, self.kv_caches, config.block_size, self.model_config.max_position, self.device, pool
             )
+            rows = buffer_rows(config.mixed_graph_tokens, config.token_budget)
+            if rows:
+                self.mixed = MixedGraphs(StepPieces(model, self.kv_caches, rows, self.device), rows, self.device, pool)
 
     @property
     def overlaps(self) -> bool:
@@ -153,7 +160,13 @@ class ModelRunner:
                 [input_ids, positions, feed_rows, feed_src, ends], torch.int64, self.device)
             if feed_rows.size:
                 ids.index_copy_(0, rows_dev, prev.tokens.index_select(0, src_dev))
-            hidden = self.model(ids, pos, meta, self.kv_caches)[ends_dev]  # [num_sampling, hidden]
+            size = self.mixed_size(layout)
+            if size is None:
+                hidden = self.model(ids, pos, meta, self.kv_caches)
+            else:
+                assert self.mixed is not None
+                hidden = self.mixed.run(size, ids, pos, meta)
+            hidden = hidden[ends_dev]  # [num_sampling, hidden]
         if not len(rows):
             return StepOutput.empty(self.device)
         logits = self.model.compute_logits(hidden)  # [num_sampling, vocab] float32
@@ -167,6 +180,11 @@ class ModelRunner:
         if graphs is None or not graphs.fits(len(batch.items)) or any(it.kind != "decode" for it in batch.items):
             return None
         return graphs.key_of(layout)
+
+    def mixed_size(self, layout: HostLayout) -> int | None:
+        """The padded token count of the piecewise graphs that run a step that no decode graph
+        holds (engine/mixed_graphs.py); None: the whole model runs eagerly."""
+        return None if self.mixed is None else self.mixed.size_for(int(layout.cu_seqlens_q[-1]))
 
     def eager_specialization(self, layout: HostLayout) -> tuple[int, ...]:
         """What an eager step of this layout compiles its kernels for (HostLayout.specialization)."""
@@ -182,6 +200,23 @@ class ModelRunner:
         for key in keys:
             self.graphs.capture(key)
         return self.graphs.captures - before
+
+    def capture_mixed(self, sizes: Sequence[int]) -> int:
+        """Captures the piecewise graphs of the token counts `sizes` not captured yet; returns
+        how many sizes it captured."""
+        if self.mixed is None:
+            return 0
+        before = self.mixed.captures
+        for size in sizes:
+            self.mixed.capture(size)
+        return self.mixed.captures - before
+
+    @property
+    def graph_captures(self) -> int | None:
+        """Graphs captured so far (decode keys, and mixed token counts); None without graphs."""
+        if self.graphs is None:
+            return None
+        return self.graphs.captures + (0 if self.mixed is None else self.mixed.captures)
 
 
 @dataclass

@@ -2,10 +2,13 @@
 
 A dry run of the job's schedule (engine/simulate.py: the same scheduler, no model) lists the
 steps the job will take. A decode-only step that a CUDA graph holds names its graph key
-(cuda_graphs.graph_key); each key is captured once, here. Any other step runs eagerly, and its
-Triton kernels compile one variant per specialization of the step's counts
-(ModelRunner.eager_specialization); the first dry-run step of each specialization the runner has not
-run yet is run once, here, so that its variants compile before the job starts.
+(cuda_graphs.graph_key); each key is captured once, here. Any other step of up to
+`mixed_graph_tokens` tokens replays the piecewise graphs of its padded token count
+(engine/mixed_graphs.py), each count captured here too; its attention still runs eagerly, and,
+as in a step run wholly eagerly, its Triton kernels compile one variant per specialization of
+the step's counts (ModelRunner.eager_specialization); the first dry-run step of each
+specialization the runner has not run yet is run once, here, so that its variants compile
+before the job starts.
 
 Those steps write K/V into blocks of the pool that no request holds yet (the dry run's pool has
 the job's size, and a job starts with nothing stored), and their tokens are dropped. Requests that
@@ -39,12 +42,15 @@ class WarmupReport:
     steps: int  # steps of the dry run
     graph_keys: int  # distinct CUDA graph keys the steps need
     graphs_captured: int  # of those, captured now (the others were captured before)
+    mixed_sizes: int  # distinct token counts of piecewise graphs (engine/mixed_graphs.py) the steps need
+    mixed_captured: int  # of those, captured now
     specializations: int  # distinct specializations of the eager steps
     eager_steps_run: int  # of those, run now to compile their kernels
 
     def describe(self) -> str:
-        return (f"warm-up {self.seconds:.1f} s: {self.graphs_captured} of {self.graph_keys} CUDA graphs captured, "
-                f"{self.eager_steps_run} of {self.specializations} eager step shapes compiled")
+        return (f"warm-up {self.seconds:.1f} s: {self.graphs_captured} of {self.graph_keys} decode graphs and "
+                f"{self.mixed_captured} of {self.mixed_sizes} mixed-step graph sizes captured, "
+                f"{self.eager_steps_run} of {self.specializations} eager attention shapes compiled")
 
 
 @dataclass
@@ -57,6 +63,7 @@ class StepShapes:
 
     def __post_init__(self) -> None:
         self.graph_keys: Counter[tuple[int, int, int]] = Counter()
+        self.mixed_sizes: Counter[int] = Counter()
         self.eager: dict[tuple[int, ...], StepBatch] = {}
 
     def __call__(self, batch: StepBatch) -> None:
@@ -65,8 +72,11 @@ class StepShapes:
         key = self.runner.graph_key(batch, layout)
         if key is not None:
             self.graph_keys[key] += 1
-        else:
-            self.eager.setdefault(self.runner.eager_specialization(layout), batch)
+            return
+        size = self.runner.mixed_size(layout)
+        if size is not None:
+            self.mixed_sizes[size] += 1
+        self.eager.setdefault(self.runner.eager_specialization(layout), batch)
 
 
 def step_shapes(runner: ModelRunner, requests: Sequence[Request], groups: Sequence[PrefixGroup], *,
@@ -87,6 +97,7 @@ def warm_up(runner: ModelRunner, requests: Sequence[Request], groups: Sequence[P
     shapes = step_shapes(runner, requests, groups, token_budget=token_budget, memory_bound=memory_bound,
                          policy=policy, max_running=max_running)
     captured = runner.capture_graphs([key for key, _ in shapes.graph_keys.most_common()])
+    mixed = runner.capture_mixed(sorted(shapes.mixed_sizes, reverse=True))
     new = [(spec, batch) for spec, batch in shapes.eager.items() if spec not in runner.warm_specializations]
     for spec, batch in new:
         rows = [_row(requests[batch.items[i].request]) for i in batch.sample_items]
@@ -95,7 +106,7 @@ def warm_up(runner: ModelRunner, requests: Sequence[Request], groups: Sequence[P
             runner.sampler.release(row)
         runner.warm_specializations.add(spec)
     return WarmupReport(time.perf_counter() - start, shapes.steps, len(shapes.graph_keys), captured,
-                        len(shapes.eager), len(new))
+                        len(shapes.mixed_sizes), mixed, len(shapes.eager), len(new))
 
 
 def _unfed(batch: StepBatch) -> StepBatch:

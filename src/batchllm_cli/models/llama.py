@@ -44,6 +44,23 @@ class DecoderLayer(nn.Module):
         kv_cache: KVCache,
         cos_sin_cache: torch.Tensor,  # [max_position, head_dim] float32
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        q, residual = self.attention_input(positions, hidden, residual, kv_cache, meta.slot_mapping, cos_sin_cache)
+        return self.attention_output(self.attend(q, kv_cache, meta), residual)
+
+    # The layer in three parts: what attention needs (the token count alone shapes it), attention
+    # itself (the step's layout shapes its launch), and what follows. engine/mixed_graphs.py
+    # captures the first and last parts in CUDA graphs and runs attention between them.
+    def attention_input(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        kv_cache: KVCache,
+        slot_mapping: torch.Tensor,  # [num_tokens] int64, < 0: a padding token, nothing stored
+        cos_sin_cache: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Norm, QKV projection and rotary embedding; stores the tokens' K/V. Returns q
+        [num_tokens, heads, head_dim] and the residual stream."""
         cfg, ops = self.config, self.ops
         num_tokens = hidden.shape[0]
         x, residual = ops.rms_norm(hidden, self.input_norm, cfg.rms_norm_eps, residual)
@@ -53,10 +70,18 @@ class DecoderLayer(nn.Module):
         k = k.view(num_tokens, cfg.num_kv_heads, cfg.head_dim)
         v = v.view(num_tokens, cfg.num_kv_heads, cfg.head_dim)
         q, k = ops.rotary_embedding(q, k, positions, cos_sin_cache)
-        k_cache, v_cache = kv_cache
-        ops.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
-        o = ops.attention(q, k_cache, v_cache, meta, self.scale)  # [num_tokens, heads, head_dim]
-        hidden = self.o_proj(o.reshape(num_tokens, cfg.q_size))
+        ops.store_kv(k, v, kv_cache[0], kv_cache[1], slot_mapping)
+        return q, residual
+
+    def attend(self, q: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata) -> torch.Tensor:
+        """Paged attention of the step's queries: [num_tokens, heads, head_dim]."""
+        return self.ops.attention(q, kv_cache[0], kv_cache[1], meta, self.scale)
+
+    def attention_output(self, o: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Output projection, norm and SwiGLU MLP of attention's output o [num_tokens, heads,
+        head_dim]; returns the layer's output and the residual stream."""
+        cfg, ops = self.config, self.ops
+        hidden = self.o_proj(o.reshape(o.shape[0], cfg.q_size))
         x, residual = ops.rms_norm(hidden, self.post_attn_norm, cfg.rms_norm_eps, residual)
         hidden = self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
         return hidden, residual
@@ -95,8 +120,12 @@ class LlamaForCausalLM(nn.Module):
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             hidden, residual = layer(positions, hidden, residual, meta, kv_cache, self.cos_sin_cache)
-        hidden, _ = self.ops.rms_norm(hidden, self.norm, self.config.rms_norm_eps, residual)
+        hidden, _ = self.final_norm(hidden, residual)
         return hidden
+
+    def final_norm(self, hidden: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last layer's output plus the residual stream, normalized."""
+        return self.ops.rms_norm(hidden, self.norm, self.config.rms_norm_eps, residual)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[n, hidden] -> [n, vocab] float32 logits."""
