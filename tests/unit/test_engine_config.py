@@ -30,3 +30,16 @@ def test_copies_keep_the_normalised_device() -> None:
 def test_unknown_devices_are_config_errors(bad: str) -> None:
     with pytest.raises(ConfigError):
         EngineConfig(device=bad)
+
+
+def test_mixed_step_graphs_are_on_for_cuda_only_and_fit_the_budget() -> None:
+    from batchllm_cli.engine.config import load_engine_config
+    from batchllm_cli.engine.mixed_graphs import buffer_rows
+
+    cuda, cpu = load_engine_config("cuda", available=False), load_engine_config("cpu")
+    assert cuda.cuda_graphs and cuda.mixed_graph_tokens == 2048 and cpu.mixed_graph_tokens == 0
+    # the runner's static buffers: the largest step a graph holds at the default budget
+    assert buffer_rows(cuda.mixed_graph_tokens, cuda.token_budget) == 2048
+    assert load_engine_config("cuda", available=False, mixed_graph_tokens=0).mixed_graph_tokens == 0
+    with pytest.raises(ConfigError):
+        EngineConfig(mixed_graph_tokens=-1)

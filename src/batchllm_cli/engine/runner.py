@@ -191,25 +191,22 @@ class ModelRunner:
         mc = self.model_config
         return layout.specialization(mc.num_heads // mc.num_kv_heads, mc.num_kv_heads, self.device)
 
-    def capture_graphs(self, keys: Sequence[GraphKey]) -> int:
-        """Captures the graphs of `keys` not captured yet (most needed first, while there is
-        room); returns how many it captured."""
-        if self.graphs is None:
-            return 0
-        before = self.graphs.captures
-        for key in keys:
-            self.graphs.capture(key)
-        return self.graphs.captures - before
-
-    def capture_mixed(self, sizes: Sequence[int]) -> int:
-        """Captures the piecewise graphs of the token counts `sizes` not captured yet; returns
-        how many sizes it captured."""
-        if self.mixed is None:
-            return 0
-        before = self.mixed.captures
-        for size in sizes:
-            self.mixed.capture(size)
-        return self.mixed.captures - before
+    def capture(self, keys: Sequence[GraphKey], sizes: Sequence[int]) -> tuple[int, int]:
+        """Captures the decode graphs of `keys` (most needed first, while there is room) and the
+        piecewise graphs of the token counts `sizes` not captured yet; returns how many of each
+        it captured."""
+        decode = mixed = 0
+        if self.graphs is not None:
+            before = self.graphs.captures
+            for key in keys:
+                self.graphs.capture(key)
+            decode = self.graphs.captures - before
+        if self.mixed is not None:
+            before = self.mixed.captures
+            for size in sizes:
+                self.mixed.capture(size)
+            mixed = self.mixed.captures - before
+        return decode, mixed
 
     @property
     def graph_captures(self) -> int | None:

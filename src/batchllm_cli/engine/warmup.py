@@ -96,8 +96,8 @@ def warm_up(runner: ModelRunner, requests: Sequence[Request], groups: Sequence[P
     start = time.perf_counter()
     shapes = step_shapes(runner, requests, groups, token_budget=token_budget, memory_bound=memory_bound,
                          policy=policy, max_running=max_running)
-    captured = runner.capture_graphs([key for key, _ in shapes.graph_keys.most_common()])
-    mixed = runner.capture_mixed(sorted(shapes.mixed_sizes, reverse=True))
+    captured, mixed = runner.capture([key for key, _ in shapes.graph_keys.most_common()],
+                                     sorted(shapes.mixed_sizes, reverse=True))
     new = [(spec, batch) for spec, batch in shapes.eager.items() if spec not in runner.warm_specializations]
     for spec, batch in new:
         rows = [_row(requests[batch.items[i].request]) for i in batch.sample_items]
