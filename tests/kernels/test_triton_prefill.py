@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from batchllm_kernels import reference, triton_ops
-from batchllm_kernels.prefill import prefill_attention
+from batchllm_kernels.prefill import prefill_attention, prefill_launch
 from triton_cases import Item, make_step, tolerance
 
 BF16, FP16 = torch.bfloat16, torch.float16
@@ -49,12 +49,33 @@ def test_prefill_small_grid(case):
 
 
 @pytest.mark.parametrize("launch", [{"wide_offsets": True, "block_n": 32}, {"fast_tiles": False},
-                                    {"wide_offsets": False, "block_m": 32, "block_n": 16}])
+                                    {"wide_offsets": False, "block_m": 32, "block_n": 16},
+                                    {"pack_heads": False}, {"pack_heads": False, "fast_tiles": False},
+                                    {"pack_heads": True, "fast_tiles": False}])
 def test_prefill_launch_variants(launch):
     """Unmasked whole tiles and int32 offsets (the defaults on small caches) against their
-    alternatives: masks on every tile, int64 offsets."""
+    alternatives: masks on every tile, int64 offsets, one query head per tile."""
     items = [Item(70, 0), Item(40, 0, 0), Item(33, 50, 0)]
     _check(items, [100], num_kv_heads=2, gqa=2, head_dim=64, **launch)
+
+
+@pytest.mark.parametrize("gqa,block_m", [(4, 32), (8, 64), (3, 32)])
+def test_prefill_packed_heads(gqa, block_m):
+    """Packed tiles of block_m // gqa tokens: chunks after a prefix, a causal diagonal that falls
+    inside one tile, and a ratio that is not a power of two (falls back to one head per tile)."""
+    items = [Item(19, 0), Item(6, 0, 0), Item(13, 21, 0), Item(1, 9, -1)]
+    _check(items, [45], num_kv_heads=1, gqa=gqa, head_dim=64, block_m=block_m, block_n=16,
+           pack_heads=True)
+
+
+def test_prefill_launch_by_head_dim():
+    """The measured choice: packed heads everywhere, 128x128 tiles of 8 warps above head_dim 64."""
+    small, large = prefill_launch(64), prefill_launch(128)
+    assert small.pack_heads and large.pack_heads
+    assert (small.block_m, small.block_n, small.num_warps) == (64, 64, 4)
+    assert (large.block_m, large.block_n, large.num_warps) == (128, 128, 8)
+    # the 8B shape's GQA ratio (4) divides both tile heights, so both pack
+    assert small.block_m % 4 == 0 and large.block_m % 4 == 0
 
 
 def test_mixed_step_decodes_then_prefills():
