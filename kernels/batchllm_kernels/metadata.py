@@ -127,14 +127,16 @@ class HostLayout:
 
     def specialization(self, gqa_ratio: int, num_kv_heads: int, device: torch.device) -> tuple[int, ...]:
         """What the Triton kernels of an eager step compile for, besides the model's shapes: the
-        integer classes (int_specialization) of the step's counts, which the kernels take as
-        arguments, and the decode kernel's launch choice (tile height, splits, keys per tile:
-        compile-time constants). Two steps with one specialization use the same variants, so a
-        start-up warm-up that runs one step of each compiles all of a job's variants."""
+        integer classes (int_specialization) of the step's counts and of its block tables'
+        widths (the tables' row strides), which the kernels take as arguments, and the decode
+        kernel's launch choice (tile height, splits, keys per tile: compile-time constants). Two
+        steps with one specialization use the same variants, so a start-up warm-up that runs one
+        step of each compiles all of a job's variants."""
         from batchllm_kernels.decode_launch import decode_block_n, decode_launch_shape
 
         counts = (int(self.slot_mapping.shape[0]), self.num_decodes, int(self.own_ctx_lens.shape[0]),
-                  self.num_decode_groups, int(self.shared_lens.shape[0]), self.max_q_len)
+                  self.num_decode_groups, int(self.shared_lens.shape[0]), self.max_q_len,
+                  self.own_width, self.shared_width)
         decode = (0, 0, 0)
         if self.num_decodes:
             kv = max(self.max_kv_len, 1)

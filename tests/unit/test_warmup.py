@@ -38,6 +38,16 @@ def test_specialization_tells_apart_what_triton_compiles_for():
     # the same counts, but one long context: the decode kernel splits its keys (another variant)
     long_ctx = HostLayout.build(16, [1, 1], [3, 4000], [[1], list(range(251))], [-1, -1], [], [])
     assert spec(long_ctx)[:6] == spec(decode)[:6] and spec(long_ctx) != spec(decode)
+    # the same counts and launch, but block tables 16 wide: the kernels take the tables' row
+    # stride as an argument, so Triton compiles another variant (a leak the H100 showed: long
+    # prefix runs compiled 1-6 variants inside timed runs after the start-up warm-up)
+    wide = HostLayout.build(16, [1, 1], [3, 250], [[1], list(range(16))], [-1, -1], [], [])
+    narrow = HostLayout.build(16, [1, 1], [3, 200], [[1], list(range(13))], [-1, -1], [], [])
+    assert wide.own_width % 16 == 0 and narrow.own_width % 16 != 0
+    assert spec(wide) != spec(narrow)
+    prefix = HostLayout.build(16, [1, 1], [3, 4], [[1], [2]], [0, 0], [16 * 16], [list(range(16))])
+    prefix_odd = HostLayout.build(16, [1, 1], [3, 4], [[1], [2]], [0, 0], [16 * 13], [list(range(13))])
+    assert spec(prefix) != spec(prefix_odd)
 
 
 class _Recorder:
