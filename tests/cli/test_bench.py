@@ -193,6 +193,36 @@ def test_ctrl_c_says_what_was_saved(tmp_path, monkeypatch):
     assert "bench interrupted during tiny" in result.output and "nothing was written" in result.output
 
 
+def test_a_stopped_bench_keeps_the_runs_it_finished(tmp_path, monkeypatch):
+    """The JSON is rewritten after every timed run, the workload under way marked incomplete, so
+    a job cut by a time limit (or Ctrl-C) keeps its runs; the README row says so."""
+    import batchllm_cli.bench.runner as runner
+
+    real, calls = runner._execute, []
+
+    def stop_at_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setenv("BATCHLLM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(runner, "_execute", stop_at_third)
+    (tmp_path / "tiny.toml").write_text(TINY)
+    out = tmp_path / "b.json"
+    result = CliRunner().invoke(app, ["bench", str(tmp_path / "tiny.toml"), "--model", "tiny-llama", "--device", "cpu",
+                                      "--peers", "vllm-like", "--repeats", "2", "--no-warmup", "--threads", "1",
+                                      "--kv-blocks", "64", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 130, result.output
+    assert f"0 finished workload(s) and 2 timed run(s) of the one under way are in {out}" in result.output
+    (rep,) = json.loads(out.read_text())["reports"]
+    assert rep["complete"] is False
+    assert [(r["system"], r["repeat"]) for r in rep["runs"]] == [("batchllm", 0), ("vllm-like", 0)]
+    assert rep["ratios"]["batchllm/vllm-like"] > 0 and rep["work"]["vllm-like"]["steps"] > 0
+    row = CliRunner().invoke(app, ["bench", "--readme-table", str(out)]).output
+    assert "**incomplete**" in row and "1 interleaved runs" in row
+
+
 def test_predict_dry_runs_each_system_at_a_gpus_roofline(tmp_path):
     out = tmp_path / "p.json"
     args = ["bench", "--suite", "paper", "--scale", "0.01", "--cases", "shared-2000-200-d16", "--peers", "vllm-like",

@@ -28,6 +28,8 @@ def readme_rows(doc: dict[str, Any], source: str) -> list[str]:
             f"{where}, {rep['model']}, {rep['dtype']}, {w['num_requests']:,} requests{pool}; "
             f"median [min-max] of {runs} interleaved runs, {date}; [raw]({source})"
         )
+        if rep.get("complete") is False:  # written after a run; the job stopped before the rest
+            setup += "; **incomplete**: the job stopped during this workload, these are the runs it finished"
         others = []
         for system, figs in summary.items():
             if system == "batchllm":

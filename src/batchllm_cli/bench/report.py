@@ -134,6 +134,7 @@ class BenchReport:
     work: dict[str, dict[str, Any]] = field(default_factory=dict)  # system -> roofline.WorkCount
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # system -> profile.py's
     targets: tuple[Target, ...] = ()
+    complete: bool = True  # False: written after a run while the workload's runs go on
 
     def systems(self) -> list[str]:
         """The systems in the order they first ran."""
@@ -171,6 +172,7 @@ class BenchReport:
         med = self.medians()
         return {
             "workload": self.workload,
+            "complete": self.complete,
             "model": self.model,
             "device": self.device,
             "dtype": self.dtype,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from batchllm_cli.bench.kv_pool import KvPool, kv_pool_like, kv_pool_of_tokens, scaled_pool
 from batchllm_cli.bench.report import BenchReport
@@ -81,9 +81,13 @@ def run_session(
     on_event: Callable[[str, str, Any], None],
     on_report: Callable[[BenchReport, Path], None],
     on_case: Callable[[Case], None] = lambda case: None,
+    on_checkpoint: Callable[[BenchReport, Path], None] = lambda partial, path: None,
 ) -> list[BenchReport]:
     """Runs every case (on_case(case) as it starts); after each, writes the document of the
-    finished ones to `out_path` and calls on_report(report, out_path)."""
+    finished ones to `out_path` and calls on_report(report, out_path). After every timed run
+    the document is written too, with the case under way as a report marked incomplete
+    (on_checkpoint(partial, out_path)), so a job stopped by a time limit keeps the runs it
+    finished."""
     from batchllm_cli.bench.model import load_bench_model
     from batchllm_cli.bench.rates import measure_rates
     from batchllm_cli.bench.report import environment, write_document
@@ -113,14 +117,20 @@ def run_session(
                       "warmup": "each system ran the whole workload once, untimed, before the timed runs"
                       if session.warmup else "none",
                       "rates": rates.to_dict(), "environment": environment()}  # fmt: skip
-        reports.append(_run_case(session, case, bench_model, rates, header["environment"], note, on_event))
+        def checkpoint(partial: BenchReport) -> None:
+            write_document(out_path, [*reports, partial], header)
+            on_checkpoint(partial, out_path)
+
+        reports.append(_run_case(session, case, bench_model, rates, header["environment"], note, on_event,
+                                 checkpoint))
         write_document(out_path, reports, header)
         on_report(reports[-1], out_path)
     return reports
 
 
 def _run_case(session: Session, case: Case, bench_model: Any, rates: Any, env: dict[str, str], note: NoteFn,
-              on_event: Callable[[str, str, Any], None]) -> BenchReport:  # fmt: skip
+              on_event: Callable[[str, str, Any], None],
+              checkpoint: Callable[[BenchReport], None] = lambda partial: None) -> BenchReport:  # fmt: skip
     from batchllm_cli.bench.estimate import estimate_s
     from batchllm_cli.bench.report import workload_record
     from batchllm_cli.bench.runner import BenchOptions, run_workload
@@ -137,28 +147,39 @@ def _run_case(session: Session, case: Case, bench_model: Any, rates: Any, env: d
          f"({int(session.warmup)} warm-up + {session.repeats} timed) runs on {bench_model.name}"
          + (f", KV pool {pool.tokens:,} tokens ({pool.source})" if pool else ""))  # fmt: skip
 
+    def report(runs: Sequence[Any], counted: dict[str, Any], profiles: dict[str, Any], complete: bool) -> BenchReport:
+        pool_blocks = min((r.kv_pool_blocks for r in runs if r.kv_pool_blocks), default=None)
+        share = None
+        if pool_blocks and work.logical_prefill_tokens:  # below 1: a prefix cache must evict
+            share = round(pool_blocks * config.block_size / work.logical_prefill_tokens, 4)
+        return BenchReport(
+            workload=workload_record(work, saving) | {"kv_pool_share": share},
+            model=bench_model.name,
+            device=config.device,
+            dtype=config.dtype,
+            runs=tuple(runs),
+            environment=env,
+            kv_pool=None if pool is None else pool.to_dict(),
+            work={s: w.to_dict() for s, w in counted.items()},
+            profiles=profiles,
+            targets=case.targets,
+            complete=complete,
+        )
+
+    done: list[Any] = []
+    counted: dict[str, Any] = {}
+
     def events(system: str, event: str, payload: Any) -> None:
         if event == "counted":
+            counted.update(payload)
             if not config.is_cuda and payload:
                 note(f"estimate on this CPU: about {estimate_s(payload, rates, runs_each):,.0f} s for this workload")
             return
         on_event(system, event, payload)
+        if event == "done":
+            done.append(payload)
+            checkpoint(report(done, counted, {}, complete=False))
 
     options = BenchOptions(repeats=session.repeats, warmup=session.warmup, rates=rates, profile=session.profile)
     res = run_workload(bench_model, work, session.systems, options, events)
-    pool_blocks = min((r.kv_pool_blocks for r in res.runs if r.kv_pool_blocks), default=None)
-    share = None
-    if pool_blocks and work.logical_prefill_tokens:  # below 1: a prefix cache must evict
-        share = round(pool_blocks * config.block_size / work.logical_prefill_tokens, 4)
-    return BenchReport(
-        workload=workload_record(work, saving) | {"kv_pool_share": share},
-        model=bench_model.name,
-        device=config.device,
-        dtype=config.dtype,
-        runs=tuple(res.runs),
-        environment=env,
-        kv_pool=None if pool is None else pool.to_dict(),
-        work={s: w.to_dict() for s, w in res.work.items()},
-        profiles=res.profiles,
-        targets=case.targets,
-    )
+    return report(res.runs, res.work, res.profiles, complete=True)

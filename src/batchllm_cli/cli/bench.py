@@ -43,7 +43,8 @@ Each system runs the whole workload once untimed (compiles, CUDA graphs), then -
 runs, interleaved (A B C A B C ...); the table shows the median and the min-max. The JSON keeps
 every run; the PNG plot is written beside it when matplotlib is installed (the plot extra).
 Exit codes: 0 done, 2 bad option or unreadable report, 3 output unwritable, 4 model error,
-5 bad workload or setting, 7 KV pool too small, 130 interrupted (finished workloads are saved).
+5 bad workload or setting, 7 KV pool too small, 130 interrupted (finished workloads are saved, and
+so are the timed runs of the one under way: the JSON is rewritten after every run).
 """
 
 
@@ -83,6 +84,7 @@ class _Saved:
     path: Path | None = None
     count: int = 0
     running: str = ""
+    partial_runs: int = 0  # timed runs of the workload under way, saved in an incomplete report
 
 
 def bench(
@@ -130,7 +132,8 @@ def bench(
         try:
             _bench(args, saved)
         except KeyboardInterrupt:
-            where = f"; {saved.count} finished workload(s) are in {saved.path}" if saved.path else "; nothing was written"
+            runs = f" and {saved.partial_runs} timed run(s) of the one under way" if saved.partial_runs else ""
+            where = f"; {saved.count} finished workload(s){runs} are in {saved.path}" if saved.path else "; nothing was written"
             during = f" during {saved.running}" if saved.running else ""
             error_line(f"bench interrupted{during}{where}")
             raise typer.Exit(EXIT_SIGINT) from None
@@ -174,15 +177,18 @@ def _bench(o: _Args, saved: _Saved) -> None:
     out_path = o.out or Path("results") / f"bench-{session.name}.json"
 
     def on_report(report: BenchReport, path: Path) -> None:
-        saved.path, saved.count = path, saved.count + 1
+        saved.path, saved.count, saved.partial_runs = path, saved.count + 1, 0
         _print_report(out_console, report)
+
+    def on_checkpoint(partial: BenchReport, path: Path) -> None:
+        saved.path, saved.partial_runs = path, len(partial.runs)
 
     with _torch_threads(o.threads), make_display(err, o.repeats) as display:
 
         def on_case(case: Any) -> None:
             saved.running = f"{case.spec.name} ({case.model or DEFAULT_MODEL})"
 
-        run_session(session, out_path, display.note, display.event, on_report, on_case)
+        run_session(session, out_path, display.note, display.event, on_report, on_case, on_checkpoint)
     saved.running = ""
     out_console.print(f"results written to {out_path}")
     _plot(out_path, err)
