@@ -8,6 +8,7 @@
 #   paper      `batchllm bench --suite paper --scale $PAPER_SCALE` in the paper's KV regime
 #              (gets whatever time is left; finished cases are kept)            -> paper.json, paper.png
 #   attention, decode   the kernel and decode-step benchmarks
+#   prefill    the long-context prefill launch sweep (benchmarks/bench_prefill.py) -> prefill.jsonl
 # Everything goes to $OUT (default results/), flat, 8 files at most: install.log, gpu.txt,
 # tests.log, bench.log and the JSON/PNG pairs (the PNGs need matplotlib's wheels in .whl/; else
 # `batchllm bench --replot OUT/paper.json` draws them afterwards on any machine). The call stops
@@ -53,5 +54,9 @@ if [[ $WHAT == *attention* ]]; then
 fi
 if [[ $WHAT == *decode* ]]; then
   limited 240 python3 benchmarks/bench_decode_step.py --out "$OUT/decode_step.json" 2>&1 | tail -20 | tee "$OUT/decode_step.log" || status=1
+fi
+if [[ $WHAT == *prefill* ]]; then
+  limited 240 python3 benchmarks/bench_prefill.py --out "$OUT/prefill.jsonl" --budget-s "$(left 200)" 2>&1 | tail -12 \
+    | tee "$OUT/prefill.log" || status=1
 fi
 exit $status
