@@ -41,6 +41,8 @@ DEV = "cuda"
 def sync() -> None:
     if DEV == "cuda":
         torch.cuda.synchronize()
+
+
 # name: (items as (q_len, own context, shared id), shared prefix length)
 CASES = {
     "chunk0": ([(8192, 0, -1)], 0),

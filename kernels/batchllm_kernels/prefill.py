@@ -13,6 +13,7 @@ each K/V tile read from the paged cache serves all the query heads that use it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import triton
@@ -132,6 +133,7 @@ class PrefillLaunch:
     pack_heads: bool = True
 
 
+@lru_cache(maxsize=None)  # called per layer on the eager path
 def prefill_launch(head_dim: int) -> PrefillLaunch:
     """The launch settings by head dim, measured best on an H100 (benchmarks/bench_prefill.py,
     benchmarks/results/prefill_h100.jsonl; us per launch, default -> chosen). Packed heads at

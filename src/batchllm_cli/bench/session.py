@@ -130,7 +130,7 @@ def run_session(
 
 def _run_case(session: Session, case: Case, bench_model: Any, rates: Any, env: dict[str, str], note: NoteFn,
               on_event: Callable[[str, str, Any], None],
-              checkpoint: Callable[[BenchReport], None] = lambda partial: None) -> BenchReport:  # fmt: skip
+              checkpoint: Callable[[BenchReport], None]) -> BenchReport:  # fmt: skip
     from batchllm_cli.bench.estimate import estimate_s
     from batchllm_cli.bench.report import workload_record
     from batchllm_cli.bench.runner import BenchOptions, run_workload
