@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -73,10 +74,24 @@ class SamplingParams:
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             raise ConfigError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
 
-    @property
+    # The derived flags below are read per request per step: cached (frozen fields never change).
+    @cached_property
     def has_penalties(self) -> bool:
         """Whether the logits depend on the tokens seen so far (presence, frequency, repetition)."""
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
+
+    @cached_property
+    def is_plain_greedy(self) -> bool:
+        """Whether the token is the argmax of the raw logits, with no logprob report: greedy,
+        no penalty, bias or min_tokens (the sampler's fast path)."""
+        return (self.temperature == 0 and not self.has_penalties and not self.logit_bias
+                and not self.min_tokens and self.logprobs is None)
+
+    @cached_property
+    def stops_on_eos_only(self) -> bool:
+        """Whether only EOS (or max_tokens) can end the request: no stop strings, no
+        stop_token_ids, no min_tokens (the stop check's fast path)."""
+        return not (self.stop or self.stop_token_ids or self.min_tokens)
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,8 +103,8 @@ class Request:
     prompt_ids: np.ndarray  # [prompt_len] int32
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
-    @property
-    def prompt_len(self) -> int:
+    @cached_property
+    def prompt_len(self) -> int:  # read per request per step: cached
         return int(self.prompt_ids.shape[0])
 
 

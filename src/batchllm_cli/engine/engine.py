@@ -98,8 +98,7 @@ class Engine:
         return self.tally.progress(self.scheduler)
 
     def _launch(self, batch: StepBatch) -> _Launched:
-        running = self.scheduler.active_states()
-        sampling = [running[batch.items[i].request] for i in batch.sample_items]
+        sampling = self.scheduler.sampling_states(batch)
         prev = self._launched[-1].output if self._launched else None
         return _Launched(batch, sampling, self.runner.launch(batch, [_sample_row(s) for s in sampling], prev))
 
@@ -182,10 +181,11 @@ def _apply(scheduler: Scheduler, done: _Launched, stop: StopChecker, tally: _Tal
     tokens = done.output.token_ids()
     # a request that finished after this step was issued gets no token from it
     live = [s for s in done.sampling if s.status is not Status.FINISHED]
-    for state, logprob in zip(done.sampling, done.output.logprobs()):
-        if logprob is not None and state.status is not Status.FINISHED:
-            state.logprobs.append(logprob)
-    first = [s for s in live if s.num_output == 0]
+    if done.output.has_logprobs:
+        for state, logprob in zip(done.sampling, done.output.logprobs()):
+            if logprob is not None and state.status is not Status.FINISHED:
+                state.logprobs.append(logprob)
+    first = [s for s in live if not s.output_ids]
     finished = scheduler.update(done.batch, tokens, stop)
     tally.prefill_tokens += done.batch.num_prefill_tokens
     tally.model_tokens += done.batch.num_tokens

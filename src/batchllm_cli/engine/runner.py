@@ -249,6 +249,11 @@ class StepOutput:
             self._ready.synchronize()
         return self._host.tolist()
 
+    @property
+    def has_logprobs(self) -> bool:
+        """Whether some row of the step asked for logprobs (else `logprobs` is all None)."""
+        return self._logprobs is not None
+
     def logprobs(self) -> list[TokenLogprob | None]:
         """Each sampling row's logprob report (None where not asked); waits as token_ids does."""
         if self._ready is not None:

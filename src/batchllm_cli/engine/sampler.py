@@ -117,6 +117,8 @@ class Sampler:
         """logits [rows, vocab] float32 -> [rows] int64 token ids, on the logits' device (no
         wait for the device: per-row parameters travel in non-blocking copies)."""
         assert logits.shape[0] == len(rows)
+        if all(r.params.is_plain_greedy for r in rows):
+            return torch.argmax(logits, dim=-1)
         penalized = [i for i, r in enumerate(rows) if r.params.has_penalties]
         too_short = [i for i, r in enumerate(rows) if r.position < r.params.min_tokens
                      and (self.eos_token_ids or r.params.stop_token_ids)]
@@ -211,6 +213,8 @@ class PendingLogprobs:
 
 def pending_logprobs(logits: torch.Tensor, rows: Sequence[SampleRow], token_ids: torch.Tensor) -> PendingLogprobs | None:
     """The logprobs of the rows that ask, computed on the device (None: no row asks)."""
+    if all(r.params.is_plain_greedy for r in rows):
+        return None
     wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
     if not wanted:
         return None

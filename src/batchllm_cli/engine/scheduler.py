@@ -42,6 +42,10 @@ from batchllm_cli.types import FinishReason, Request
 StopFn = Callable[[RequestState], "FinishReason | None"]
 
 
+def _shared_id_of(item: StepItem) -> int:
+    return item.shared_id
+
+
 class StepDraft:
     """The items of the step being built, and the shared segments they name."""
 
@@ -124,6 +128,7 @@ class Scheduler:
         self._prefilling: list[RequestState] = []  # own parts in flight, start order
         self._decoding: list[RequestState] = []  # round-robin order
         self._running: dict[int, RequestState] = {}  # started and not finished, by request index
+        self._sampling: dict[int, list[RequestState]] = {}  # issued steps not applied: who samples
         self.admission: Admission = (admission or PlanWalk)(self)
 
     # ---- blocks ----------------------------------------------------------------------------
@@ -186,21 +191,25 @@ class Scheduler:
     def _add_decodes(self, draft: StepDraft) -> None:
         """The running decodes, round robin when they exceed the budget; a decode whose last
         token is still on the device (sampled by the step before) is fed from there."""
-        taken = self._decoding[: self.token_budget]
-        self._decoding = self._decoding[self.token_budget :] + taken
+        decoding, budget = self._decoding, self.token_budget
+        taken = decoding[:budget]
+        if len(decoding) > budget:
+            self._decoding = decoding[budget:] + taken
+        # the per-request loop below runs every step for every decode: kept to plain attribute reads
         tokens = np.fromiter((s.output_ids[-1] if s.pending == 0 else 0 for s in taken), dtype=np.int32,
                              count=len(taken))
         append, shared_id = draft.items.append, draft.shared_id
         for k, s in enumerate(taken):
-            request, group = s.request, s.group
-            issued = len(s.output_ids) + s.pending  # output tokens drawn or being drawn
+            request, group, pending = s.request, s.group, s.pending
+            issued = len(s.output_ids) + pending  # output tokens drawn or being drawn
             if issued >= request.sampling.max_tokens:
                 continue  # its last token is in flight
-            own_pos = request.prompt_len - group.prefix_len + issued - 1
+            prefix_len = group.prefix_len
+            own_pos = request.prompt_len - prefix_len + issued - 1
             # positional: StepItem(kind, request, group, token_ids, start_pos, own_ctx_len,
             # own_block_table, shared_id, samples, feed, q_len) (a decode per running request)
-            append(StepItem("decode", request.index, group.position, tokens[k : k + 1], group.prefix_len + own_pos,
-                            own_pos, s.block_table, shared_id(group), True, s.sample_row if s.pending else -1, 1))
+            append(StepItem("decode", request.index, group.position, tokens[k : k + 1], prefix_len + own_pos,
+                            own_pos, s.block_table, shared_id(group), True, s.sample_row if pending else -1, 1))
 
     def start(self, state: RequestState, budget: int, draft: StepDraft) -> int:
         """Starts an admitted request's own prompt part with its first chunk; returns its length."""
@@ -255,17 +264,26 @@ class Scheduler:
     def _finish_batch(self, draft: StepDraft) -> StepBatch:
         # Kernel order: single-token items first, grouped by shared id (stable), then the rest.
         items = draft.items
-        singles = sorted((it for it in items if it.q_len == 1), key=lambda it: it.shared_id)
+        singles = sorted((it for it in items if it.q_len == 1), key=_shared_id_of)
         rest = [it for it in items if it.q_len != 1]
         batch = StepBatch(step=self.step_count, items=tuple(singles + rest), shared=tuple(draft.shared))
+        if not items:
+            return batch  # an empty batch runs nothing: it keeps the next step's number
+        running, sampling = self._running, []
         for row, i in enumerate(batch.sample_items):
-            state = self._running[batch.items[i].request]
+            state = running[batch.items[i].request]
+            sampling.append(state)
             state.pending += 1
             state.sample_row = row
-            if state.status is Status.PREFILL and state.pending == 1 and state.num_output == 0:
+            if state.status is Status.PREFILL and state.pending == 1 and not state.output_ids:
                 self._decoding.append(state)  # decodes from the next step on
-        self.step_count += bool(items)  # steps issued: an empty batch runs nothing
+        self._sampling[batch.step] = sampling
+        self.step_count += 1
         return batch
+
+    def sampling_states(self, batch: StepBatch) -> list[RequestState]:
+        """The requests that sample in an issued, not yet applied step, in sampling order."""
+        return self._sampling[batch.step]
 
     # ---- after the step ran ----------------------------------------------------------------
 
@@ -274,22 +292,20 @@ class Scheduler:
     ) -> list[RequestState]:
         """Applies a step: appends `sampled_ids` (one per sampling item, in item order) and
         finishes requests; returns the requests that finished in this step."""
+        if not batch.items:
+            return []
         finished: list[RequestState] = []
-        sampled = iter(sampled_ids)
-        for item in batch.items:
-            if not item.samples:
-                continue
-            token = int(next(sampled))
-            state = self._running.get(item.request)
-            if state is None:
+        for state, token in zip(self._sampling.pop(batch.step), sampled_ids, strict=True):
+            if state.status is Status.FINISHED:
                 continue  # finished already (a step issued before its last token was seen)
-            state.output_ids.append(token)
+            output = state.output_ids
+            output.append(int(token))
             state.pending -= 1
             if state.status is Status.PREFILL:
                 state.status = Status.DECODE
                 self.admission.prompt_stored(state)
             reason = stop(state) if stop is not None else None
-            if reason is None and state.num_output >= state.request.sampling.max_tokens:
+            if reason is None and len(output) >= state.request.sampling.max_tokens:
                 reason = "length"
             if reason is not None:
                 self._finish(state, reason)

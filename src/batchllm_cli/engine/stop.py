@@ -28,6 +28,8 @@ class StopChecker:
         """Called after each new token of `state`."""
         token = state.output_ids[-1]
         params = state.request.sampling
+        if params.stops_on_eos_only:
+            return "stop" if token in self.eos_token_ids and not params.ignore_eos else None
         early = state.num_output < params.min_tokens  # no stop yet (the sampler keeps EOS out)
         if token in self.eos_token_ids and not params.ignore_eos and not early:
             return "stop"
