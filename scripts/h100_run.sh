@@ -16,6 +16,7 @@
 # stopped with SIGINT (bench keeps the workloads it finished; the plot is drawn from the JSON).
 #   OUT=results bash scripts/h100_run.sh                       # tests, PEERS.md bench, a small paper suite
 #   PAPER_SCALE=0.05 bash scripts/h100_run.sh paper            # the paper suite alone, 5% of its requests
+#   PAPER_ARGS="--cases no-sharing,shared-2000-200-d4 --model llama-3.2-1b --no-warmup" bash scripts/h100_run.sh paper
 set -u -o pipefail
 OUT=${OUT:-results}
 WHAT=${1:-tests,bench,paper}
@@ -45,8 +46,9 @@ if [[ $WHAT == *bench* ]]; then
 fi
 if [[ $WHAT == *paper* ]]; then
   echo "== bench: --suite paper --scale $PAPER_SCALE" | tee -a "$OUT/bench.log"
-  limited 100000 "${BENCH[@]}" --suite paper --scale "$PAPER_SCALE" --repeats "$REPEATS" --out "$OUT/paper.json" \
-    2>&1 | tee -a "$OUT/bench.log" || status=1
+  # shellcheck disable=SC2086  # PAPER_ARGS: extra words, e.g. "--cases no-sharing --model llama-3.2-1b"
+  limited 100000 "${BENCH[@]}" --suite paper --scale "$PAPER_SCALE" --repeats "$REPEATS" ${PAPER_ARGS:-} \
+    --out "$OUT/paper.json" 2>&1 | tee -a "$OUT/bench.log" || status=1
   [[ -f $OUT/paper.json && ! -f $OUT/paper.png ]] && "${BENCH[@]}" --replot "$OUT/paper.json" 2>&1 | tee -a "$OUT/bench.log"
 fi
 if [[ $WHAT == *attention* ]]; then

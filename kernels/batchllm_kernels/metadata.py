@@ -22,6 +22,7 @@ common shared segment, for the prefix-shared decode kernel.
 from __future__ import annotations
 
 import itertools
+import operator
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -179,9 +180,20 @@ class HostLayout:
         pos = ctx[item_of].astype(np.int64) + (np.arange(int(cu[-1]), dtype=np.int64) - cu[:-1][item_of])
         first = ctx.astype(np.int64) // block_size
         last = (ctx + q - 1) // block_size
-        touched = ragged_table([t[f : l + 1] for t, f, l in zip(own_block_tables, first.tolist(), last.tolist())])
-        slots = (touched[item_of, pos // block_size - first[item_of]].astype(np.int64) * block_size
-                 + pos % block_size)
+        # the block of each token: its item's first touched block, or (for tokens of an item
+        # spanning blocks) a later one; no per-item slice for the many items within one block
+        block = np.fromiter(map(operator.getitem, own_block_tables, first.tolist()), dtype=np.int64,
+                            count=n)[item_of]
+        offset = pos // block_size - first[item_of]  # index among the item's touched blocks
+        spans = np.flatnonzero(last > first)
+        if spans.size:
+            touched = ragged_table([own_block_tables[i][f : l + 1]
+                                    for i, f, l in zip(spans.tolist(), first[spans].tolist(), last[spans].tolist())])
+            row = np.zeros(n, dtype=np.int64)
+            row[spans] = np.arange(spans.size)
+            later = np.flatnonzero(offset > 0)
+            block[later] = touched[row[item_of[later]], offset[later]]
+        slots = block * block_size + pos % block_size
         own = ragged_table(own_block_tables) if tables else np.zeros((n, 0), np.int32)
         # runs of decodes with one shared segment; a decode without one is a run of its own
         d = sid[:num_decodes]

@@ -13,7 +13,7 @@ from batchllm_cli.bench.roofline import DeviceRates, ModelCost, StepCounter
 from batchllm_cli.bench.runner import timing_order
 from batchllm_cli.bench.stats import Spread
 from batchllm_cli.bench.suite import describe, load_suite, scaled
-from batchllm_cli.engine.step import SharedSegment, StepBatch, StepItem
+from batchllm_cli.engine.step import DecodeRun, SharedSegment, StepBatch, StepItem
 from batchllm_cli.errors import ConfigError
 from batchllm_cli.models.config import ModelConfig
 from batchllm_cli.models.presets import get_preset
@@ -90,14 +90,18 @@ def _item(kind, q, own_ctx, table, shared_id, request=0):
 
 
 def test_roofline_of_a_step_by_hand():
+    decodes = DecodeRun(
+        requests=np.array([1, 2, 3]), groups=np.zeros(3, np.int64), token_ids=np.zeros(3, np.int32),
+        start_pos=np.zeros(3, np.int64),
+        # 21 own tokens: block 6 full, 5 in block 7; a peer's request: 32 tokens, cached blocks
+        # 1, 2; the same cached blocks, 9 tokens of its own
+        own_ctx_lens=np.array([20, 31, 40], np.int32), shared_ids=np.array([0, -1, -1], np.int32),
+        feeds=np.full(3, -1), tables=((6, 7), (1, 2), (1, 2, 9)),
+    )  # fmt: skip
     batch = StepBatch(
         step=0,
-        items=(
-            _item("prefill", 8, 0, [5], 0),  # 8 own tokens after a 40-token shared prefix
-            _item("decode", 1, 20, [6, 7], 0, 1),  # 21 own tokens: block 6 full, 5 in block 7
-            _item("decode", 1, 31, [1, 2], -1, 2),  # a peer's request: 32 tokens, cached blocks 1, 2
-            _item("decode", 1, 40, [1, 2, 9], -1, 3),  # the same cached blocks, 9 tokens of its own
-        ),
+        decodes=decodes,
+        chunks=(_item("prefill", 8, 0, [5], 0),),  # 8 own tokens after a 40-token shared prefix
         shared=(SharedSegment(group=0, length=40, block_table=(3, 4, 8)),),
     )
     counter = StepCounter(ModelCost.of(_tiny(), "float32"), block_size=16)

@@ -30,6 +30,23 @@ def test_rows_are_written_once_and_reused_after_release():
     assert len(t) == 0 and t.rows(["a"], [a]).tolist()[0] in set(rows.tolist()) | set(many.tolist()) | {c_row}
 
 
+def test_request_indices_as_an_array_find_their_rows_at_once():
+    t = DeviceBlockTables(8, torch.device("cpu"))
+    by_list = t.rows([3, 0, -1], [(1, 2), (3,), (9, 9, 9)])  # a prefix key (-1) among them
+    assert t.writes == 3
+    by_array = t.rows(np.array([0, 3]), [(3,), (1, 2)])
+    assert by_array.tolist() == [by_list[1], by_list[0]] and t.writes == 3  # known: nothing written
+    mixed = t.rows(np.array([3, 70]), [(1, 2), (4, 5)])  # 70 is new: written, past the first mirror size
+    assert mixed[0] == by_list[0] and t.writes == 4
+    assert t.gather(torch.from_numpy(mixed), 2).tolist() == [[1, 2], [4, 5]]
+    t.release(3)
+    again = t.rows(np.array([3]), [(6,)])  # released: written again, not its old row's contents
+    assert t.writes == 5 and t.gather(torch.from_numpy(again), 1).tolist() == [[6]]
+    t.reset()
+    t.rows(np.array([0]), [(7,)])
+    assert t.writes == 6  # a new job: known keys are forgotten
+
+
 def test_a_run_writes_each_sequence_once_and_frees_every_row():
     from batchllm_cli.engine.llm import LLM
     from batchllm_cli.types import SamplingParams

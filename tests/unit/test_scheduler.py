@@ -14,7 +14,7 @@ import pytest
 from batchllm_cli.engine.block_pool import BlockPool
 from batchllm_cli.engine.scheduler import Scheduler
 from batchllm_cli.engine.simulate import simulate
-from batchllm_cli.engine.state import RequestState
+from batchllm_cli.engine.stop import StopChecker
 from batchllm_cli.errors import CapacityError
 from batchllm_cli.planner.plan import PrefixGroup
 from batchllm_cli.types import Request, SamplingParams
@@ -27,8 +27,7 @@ def next_token(context: list[int]) -> int:
     return (sum((i + 1) * t for i, t in enumerate(context)) * 31 + len(context)) % VOCAB
 
 
-def stop_on_eos(state: RequestState):
-    return "stop" if state.output_ids[-1] == EOS else None
+stop_on_eos = StopChecker(None, [EOS])
 
 
 def run_alone(request: Request) -> list[int]:
@@ -108,17 +107,17 @@ def run_checked(requests, groups, *, num_blocks, block_size, token_budget, memor
     model = FakeModel(num_blocks, block_size, requests, groups)
     outputs, first_step, finish_step = {}, {}, {}
     while sched.has_work:
-        decoding = {s.index for s in sched._decoding}
+        decoding = set(sched.columns.decoding.tolist())
         batch = sched.schedule()
         assert batch.items, "no progress"
         assert batch.num_tokens <= token_budget
         # decodes first: every running decode is in the step when they fit the budget
         decoded = {it.request for it in batch.items if it.kind == "decode"}
         assert decoded == decoding if len(decoding) <= token_budget else len(decoded) == token_budget
-        # kernel order: single-token items first, contiguous per shared id
-        q1 = [it.q_len == 1 for it in batch.items]
-        assert q1 == sorted(q1, reverse=True)
-        sids = [it.shared_id for it in batch.items if it.q_len == 1]
+        # kernel order: the decodes first, contiguous per shared id, then the chunks
+        kinds = [it.kind == "decode" for it in batch.items]
+        assert kinds == sorted(kinds, reverse=True)
+        sids = batch.decodes.shared_ids.tolist()
         assert sids == sorted(sids)
         assert pool.num_used <= sched.block_limit
         for it in batch.items:
@@ -256,7 +255,7 @@ def test_every_step_is_full_until_the_last_prefill(token_budget):
         batch = sched.schedule()
         if batch.num_prefill_tokens:
             last_prefill = batch.step
-        sched.update(batch, [0] * len(batch.sample_items))
+        sched.update(batch, [0] * batch.num_samples)
     assert all(n == token_budget for n in steps[:last_prefill])
     output_len = requests[0].sampling.max_tokens
     total = result.prefill_tokens + result.decode_tokens

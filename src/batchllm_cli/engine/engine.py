@@ -81,11 +81,11 @@ class Engine:
         """Schedules and launches the next step; then, once more than `ahead` steps are on the
         device, applies the oldest one and returns the requests it finished (None: none applied)."""
         batch = self.scheduler.schedule()
-        if batch.items:
+        if batch:
             self._launched.append(self._launch(batch))
         elif not self._launched:
             raise RuntimeError("the scheduler made no progress: this is a bug in batchllm")
-        if len(self._launched) <= (self.ahead if batch.items else 0):
+        if len(self._launched) <= (self.ahead if batch else 0):
             return None
         finished = _apply(self.scheduler, self._launched.popleft(), self.stop, self.tally)
         for state in finished:
@@ -99,8 +99,9 @@ class Engine:
 
     def _launch(self, batch: StepBatch) -> _Launched:
         sampling = self.scheduler.sampling_states(batch)
+        rows = [_sample_row(s, p) for s, p in zip(sampling, self.scheduler.output_positions(batch).tolist())]
         prev = self._launched[-1].output if self._launched else None
-        return _Launched(batch, sampling, self.runner.launch(batch, [_sample_row(s) for s in sampling], prev))
+        return _Launched(batch, sampling, self.runner.launch(batch, rows, prev))
 
 
 def steps_ahead(runner: ModelRunner) -> int:
@@ -137,15 +138,15 @@ def run_plan(
             on_progress(engine.progress())
 
 
-def _sample_row(state: RequestState) -> SampleRow:
-    """The state's SampleRow at the output position of the token drawn now (pending counts the
-    tokens being drawn, this one included). One row per request, kept on its state: the sampler
-    reads it during launch, so the next step may move its position."""
+def _sample_row(state: RequestState, position: int) -> SampleRow:
+    """The state's SampleRow at the output position of the token drawn now. One row per
+    request, kept on its state: the sampler reads it during launch, so the next step may move
+    its position."""
     row = state.sample_row_cache
     if row is None:
         r = state.request
         row = state.sample_row_cache = SampleRow(r.sampling, r.index, 0, r.prompt_ids, state.output_ids)
-    row.position = len(state.output_ids) + state.pending - 1
+    row.position = position
     return row
 
 
@@ -179,18 +180,16 @@ class _Tally:
 def _apply(scheduler: Scheduler, done: _Launched, stop: StopChecker, tally: _Tally) -> list[RequestState]:
     """Applies a step's tokens (waiting for them) and counts what it did."""
     tokens = done.output.token_ids()
-    # a request that finished after this step was issued gets no token from it
-    live = [s for s in done.sampling if s.status is not Status.FINISHED]
     if done.output.has_logprobs:
         for state, logprob in zip(done.sampling, done.output.logprobs()):
+            # a request that finished after this step was issued gets no token from it
             if logprob is not None and state.status is not Status.FINISHED:
                 state.logprobs.append(logprob)
-    first = [s for s in live if not s.output_ids]
     finished = scheduler.update(done.batch, tokens, stop)
     tally.prefill_tokens += done.batch.num_prefill_tokens
     tally.model_tokens += done.batch.num_tokens
-    tally.output_tokens += len(live)
-    for s in first:  # prompts completed by this step
+    tally.output_tokens = scheduler.num_output_tokens
+    for s in scheduler.prompts_done:  # prompts completed by this step
         tally.prompt_tokens += s.request.prompt_len
         tally.saved += s.group.prefix_len + s.cached_len
         if s.group.prefix_len and not s.group.prefix_paid:

@@ -89,13 +89,16 @@ class ModelRunner:
     def host_layout(self, batch: StepBatch) -> HostLayout:
         """The step's attention layout on the host, in the batch's (kernel) item order, without
         block tables: those are rows of `block_tables` on the device (`table_rows`)."""
-        items = batch.items
+        dec, chunks = batch.decodes, batch.chunks
+        n = len(dec)
+        q = np.ones(n + len(chunks), dtype=np.int64)
+        ctx = np.empty(n + len(chunks), dtype=np.int32)
+        sid = np.empty(n + len(chunks), dtype=np.int32)
+        q[n:] = [it.q_len for it in chunks]
+        ctx[:n], ctx[n:] = dec.own_ctx_lens, [it.own_ctx_len for it in chunks]
+        sid[:n], sid[n:] = dec.shared_ids, [it.shared_id for it in chunks]
         return HostLayout.build(
-            self.config.block_size,
-            [it.q_len for it in items],
-            [it.own_ctx_len for it in items],
-            [it.own_block_table for it in items],
-            [it.shared_id for it in items],
+            self.config.block_size, q, ctx, dec.tables + tuple(it.own_block_table for it in chunks), sid,
             [s.length for s in batch.shared],
             [s.block_table for s in batch.shared],
             tables=False,
@@ -105,10 +108,12 @@ class ModelRunner:
         """The device block-table rows of the step's items (own blocks) and shared segments,
         written first where a sequence is new. Keys: a request's index; -1 - group position
         for a group's prefix (a prefix chunk's own blocks and the members' shared segment)."""
-        items = batch.items
-        own = self.block_tables.rows([it.request if it.request >= 0 else -1 - it.group for it in items],
-                                     [it.own_block_table for it in items])
-        shared = self.block_tables.rows([-1 - seg.group for seg in batch.shared], [seg.block_table for seg in batch.shared])
+        dec, chunks = batch.decodes, batch.chunks
+        tables = self.block_tables
+        own = np.concatenate([tables.rows(dec.requests, dec.tables),
+                              tables.rows([it.request if it.request >= 0 else -1 - it.group for it in chunks],
+                                          [it.own_block_table for it in chunks])])
+        shared = tables.rows([-1 - seg.group for seg in batch.shared], [seg.block_table for seg in batch.shared])
         return own, shared
 
     def finished(self, request: int, group: int | None, row: SampleRow | None) -> None:
@@ -129,18 +134,22 @@ class ModelRunner:
         penalties read its tokens so far). prev: the step issued just before, whose device-side
         tokens feed the decodes with `feed` >= 0.
         """
-        items = batch.items
+        dec, chunks = batch.decodes, batch.chunks
         layout = self.host_layout(batch)
-        q = np.fromiter((it.q_len for it in items), dtype=np.int64, count=len(items))
-        starts = np.fromiter((it.start_pos for it in items), dtype=np.int64, count=len(items))
-        first = layout.cu_seqlens_q[:-1].astype(np.int64)
-        positions = np.repeat(starts - first, q) + np.arange(int(q.sum()), dtype=np.int64)
-        input_ids = np.concatenate([it.token_ids for it in items]).astype(np.int64)
-        feed_rows = np.fromiter((i for i, it in enumerate(items) if it.feed >= 0), dtype=np.int64)
-        feed_src = np.fromiter((it.feed for it in items if it.feed >= 0), dtype=np.int64)
+        # each token's position: a decode's own, a chunk's first and the ones after it
+        chunk_q = np.diff(layout.cu_seqlens_q[len(dec) :]).astype(np.int64)
+        chunk_starts = np.fromiter((it.start_pos for it in chunks), dtype=np.int64, count=len(chunks))
+        chunk_first = layout.cu_seqlens_q[len(dec) : -1].astype(np.int64)
+        positions = np.concatenate([dec.start_pos, np.repeat(chunk_starts - chunk_first, chunk_q)
+                                    + np.arange(len(dec), int(layout.cu_seqlens_q[-1]), dtype=np.int64)])
+        input_ids = np.concatenate([dec.token_ids] + [it.token_ids for it in chunks]).astype(np.int64)
+        feed_rows = np.flatnonzero(dec.feeds >= 0)  # only decodes are fed
+        feed_src = dec.feeds[feed_rows]
         if feed_rows.size and prev is None:
             raise RuntimeError("a decode is fed from a previous step that was not given: a bug in batchllm")
-        sample_items = np.asarray(batch.sample_items, dtype=np.int64)
+        # the row of each sampling item's last token: every decode, then the prompts' last chunks
+        ends = np.concatenate([np.arange(len(dec), dtype=np.int64),
+                               layout.cu_seqlens_q[len(dec) + 1 :][batch.sampling_chunks].astype(np.int64) - 1])
         own_rows, shared_rows = self.table_rows(batch)
         key = self.graph_key(batch, layout)
         if key is not None:
@@ -155,7 +164,6 @@ class ModelRunner:
             meta, (own_dev, shared_dev) = layout.to_device_with(self.device, [own_rows, shared_rows])
             meta = replace(meta, own_block_tables=self.block_tables.gather(own_dev, layout.own_width),
                            shared_block_tables=self.block_tables.gather(shared_dev, layout.shared_width))
-            ends = layout.cu_seqlens_q[1:][sample_items].astype(np.int64) - 1
             ids, pos, rows_dev, src_dev, ends_dev = upload_packed(
                 [input_ids, positions, feed_rows, feed_src, ends], torch.int64, self.device)
             if feed_rows.size:
@@ -177,7 +185,7 @@ class ModelRunner:
         """The CUDA graph that runs this step: decode-only steps (every item one token and
         sampling) of a size some graph holds. None: the step runs eagerly."""
         graphs = self.graphs
-        if graphs is None or not graphs.fits(len(batch.items)) or any(it.kind != "decode" for it in batch.items):
+        if graphs is None or batch.chunks or not graphs.fits(len(batch.decodes)):
             return None
         return graphs.key_of(layout)
 

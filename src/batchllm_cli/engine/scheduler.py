@@ -14,8 +14,14 @@ never runs out mid-run and nothing is ever preempted.
 Work is "issued" when it goes into a step: prefill progress advances at schedule time, since
 steps run in order on the device and anything issued is stored before a later step reads it.
 Sampled tokens come back through `update`, possibly a step late (the engine runs one step ahead
-on CUDA): a request's `pending` counts tokens being drawn, and a decode whose input token is
-still on the device names its row among the previous step's tokens (`StepItem.feed`).
+on CUDA): a request's output tokens drawn or being drawn are counted apart from those applied
+(engine/columns.py), and a decode whose input token is still on the device names its row among
+the previous step's tokens (`DecodeRun.feeds`).
+
+The decodes, one per running request every step, are built and applied as numpy columns
+(engine/columns.py, step.DecodeRun): no Python loop per request builds a step, and `update`
+runs Python per request only to append its token, and for the few that start decoding or
+may stop (EOS, max_tokens, a stop rule beyond EOS).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from batchllm_cli.engine.block_pool import BlockPool
+from batchllm_cli.engine.columns import RequestColumns, pick
 from batchllm_cli.engine.plan_walk import PlanWalk
 from batchllm_cli.engine.state import (
     GroupState,
@@ -33,24 +40,31 @@ from batchllm_cli.engine.state import (
     blocks_for,
     own_worst_case_tokens,
 )
-from batchllm_cli.engine.step import SharedSegment, StepBatch, StepItem
+from batchllm_cli.engine.step import DecodeRun, SharedSegment, StepBatch, StepItem
 from batchllm_cli.errors import CapacityError
 from batchllm_cli.planner.plan import PrefixGroup
 from batchllm_cli.types import FinishReason, Request
 
-# Called for each request that just got a token: a finish reason to stop it, None to go on.
-StopFn = Callable[[RequestState], "FinishReason | None"]
 
+class StopRule(Protocol):
+    """Decides, after each new token of a request, whether it stops (engine/stop.py)."""
 
-def _shared_id_of(item: StepItem) -> int:
-    return item.shared_id
+    # A request whose SamplingParams.stops_on_eos_only stops only on one of these tokens (or
+    # at max_tokens, which the scheduler checks): the rule is asked about it only then.
+    eos_token_ids: frozenset[int]
+
+    def __call__(self, state: RequestState) -> FinishReason | None:
+        """A finish reason to stop `state` (its last output id is new), None to go on."""
 
 
 class StepDraft:
-    """The items of the step being built, and the shared segments they name."""
+    """The step being built: its decodes (columns, and their requests in the same order), its
+    chunks, and the shared segments they name."""
 
     def __init__(self) -> None:
-        self.items: list[StepItem] = []
+        self.decodes = DecodeRun.empty()
+        self.decoding: list[RequestState] = []  # the requests of `decodes`, row by row
+        self.chunks: list[StepItem] = []  # prompt and prefix chunks
         self.shared: list[SharedSegment] = []
         self._rows: dict[int, int] = {}
 
@@ -125,10 +139,13 @@ class Scheduler:
         self._check_capacity()
         self.step_count = 0
         self.num_finished = 0
+        self.num_output_tokens = 0  # output tokens applied so far
+        self.prompts_done: list[RequestState] = []  # requests whose first token the last update applied
+        self.columns = RequestColumns(requests, self.groups)  # per-request progress, as arrays
         self._prefilling: list[RequestState] = []  # own parts in flight, start order
-        self._decoding: list[RequestState] = []  # round-robin order
         self._running: dict[int, RequestState] = {}  # started and not finished, by request index
-        self._sampling: dict[int, list[RequestState]] = {}  # issued steps not applied: who samples
+        # issued steps not applied yet: the requests that sample in each (indices, states)
+        self._sampling: dict[int, tuple[np.ndarray, list[RequestState]]] = {}
         self.admission: Admission = (admission or PlanWalk)(self)
 
     # ---- blocks ----------------------------------------------------------------------------
@@ -178,7 +195,7 @@ class Scheduler:
         """The next step's batch; empty only when no work can be issued until tokens come back."""
         draft = StepDraft()
         self._add_decodes(draft)
-        budget = self.token_budget - len(draft.items)  # one token per decode
+        budget = self.token_budget - len(draft.decodes)  # one token per decode
         for state in self._prefilling:
             if budget == 0:
                 break
@@ -189,32 +206,47 @@ class Scheduler:
         return self._finish_batch(draft)
 
     def _add_decodes(self, draft: StepDraft) -> None:
-        """The running decodes, round robin when they exceed the budget; a decode whose last
-        token is still on the device (sampled by the step before) is fed from there."""
-        decoding, budget = self._decoding, self.token_budget
-        taken = decoding[:budget]
-        if len(decoding) > budget:
-            self._decoding = decoding[budget:] + taken
-        # the per-request loop below runs every step for every decode: kept to plain attribute reads
-        tokens = np.fromiter((s.output_ids[-1] if s.pending == 0 else 0 for s in taken), dtype=np.int32,
-                             count=len(taken))
-        append, shared_id = draft.items.append, draft.shared_id
-        for k, s in enumerate(taken):
-            request, group, pending = s.request, s.group, s.pending
-            issued = len(s.output_ids) + pending  # output tokens drawn or being drawn
-            if issued >= request.sampling.max_tokens:
-                continue  # its last token is in flight
-            prefix_len = group.prefix_len
-            own_pos = request.prompt_len - prefix_len + issued - 1
-            # positional: StepItem(kind, request, group, token_ids, start_pos, own_ctx_len,
-            # own_block_table, shared_id, samples, feed, q_len) (a decode per running request)
-            append(StepItem("decode", request.index, group.position, tokens[k : k + 1], prefix_len + own_pos,
-                            own_pos, s.block_table, shared_id(group), True, s.sample_row if pending else -1, 1))
+        """The running decodes, round robin when they exceed the budget, as the draft's
+        DecodeRun in kernel order (grouped by shared id); a decode whose last token is still on
+        the device (sampled by the step before) is fed from there. Built from the columns, with
+        no Python loop over the requests: this runs every step for every running request."""
+        c = self.columns
+        taken = c.take_decodes(self.token_budget)
+        n = len(taken)
+        if not n:
+            return
+        prefix = c.prefix_len[taken]
+        shared = np.full(n, -1, dtype=np.int32)
+        with_prefix = np.flatnonzero(prefix > 0)
+        if with_prefix.size:
+            uniq, first, inverse = np.unique(c.group[taken[with_prefix]], return_index=True, return_inverse=True)
+            rows = np.empty(len(uniq), dtype=np.int32)
+            for j in np.argsort(first).tolist():  # the step's rows, in order of first appearance
+                rows[j] = draft.shared_id(self.groups[int(uniq[j])])
+            shared[with_prefix] = rows[inverse.reshape(-1)]
+            order = np.argsort(shared, kind="stable")
+            taken, prefix, shared = taken[order], prefix[order], shared[order]
+        issued = c.issued[taken]
+        pending = issued - c.applied[taken]  # > 0: its input token is being drawn by the step before
+        own_pos = c.prompt_len[taken] - prefix + issued - 1  # own position of the input token
+        indices = taken.tolist()
+        draft.decodes = DecodeRun(
+            requests=taken,
+            groups=c.group[taken],
+            token_ids=np.where(pending == 0, c.last[taken], 0).astype(np.int32),
+            start_pos=prefix + own_pos,
+            own_ctx_lens=own_pos.astype(np.int32),
+            shared_ids=shared,
+            feeds=np.where(pending > 0, c.sample_row[taken], -1),
+            tables=tuple(pick(c.tables, indices)),
+        )
+        draft.decoding = pick(c.states, indices)  # type: ignore[arg-type]
 
     def start(self, state: RequestState, budget: int, draft: StepDraft) -> int:
         """Starts an admitted request's own prompt part with its first chunk; returns its length."""
         state.status = Status.PREFILL
         self._running[state.index] = state
+        self.columns.start(state)
         n = self._add_chunk(state, budget, draft)
         if state.computed < state.own_prompt_len:
             self._prefilling.append(state)
@@ -224,7 +256,7 @@ class Scheduler:
         """Issues the next chunk of a group's shared prefix (at most `budget` tokens)."""
         start = group.prefix_computed
         n = min(group.prefix_len - start, budget)
-        draft.items.append(
+        draft.chunks.append(
             StepItem(
                 kind="prefix",
                 request=-1,
@@ -245,7 +277,7 @@ class Scheduler:
         start = state.computed
         n = min(state.own_prompt_len - start, budget)
         base = state.shared_len
-        draft.items.append(
+        draft.chunks.append(
             StepItem(
                 kind="prefill",
                 request=state.index,
@@ -253,7 +285,7 @@ class Scheduler:
                 token_ids=state.request.prompt_ids[base + start : base + start + n],
                 start_pos=base + start,
                 own_ctx_len=start,
-                own_block_table=state.block_table,
+                own_block_table=self.columns.tables[state.index],
                 shared_id=draft.shared_id(state.group),
                 samples=start + n == state.own_prompt_len,
             )
@@ -262,56 +294,74 @@ class Scheduler:
         return n
 
     def _finish_batch(self, draft: StepDraft) -> StepBatch:
-        # Kernel order: single-token items first, grouped by shared id (stable), then the rest.
-        items = draft.items
-        singles = sorted((it for it in items if it.q_len == 1), key=_shared_id_of)
-        rest = [it for it in items if it.q_len != 1]
-        batch = StepBatch(step=self.step_count, items=tuple(singles + rest), shared=tuple(draft.shared))
-        if not items:
+        batch = StepBatch(step=self.step_count, decodes=draft.decodes, chunks=tuple(draft.chunks),
+                          shared=tuple(draft.shared))
+        if not batch:
             return batch  # an empty batch runs nothing: it keeps the next step's number
-        running, sampling = self._running, []
-        for row, i in enumerate(batch.sample_items):
-            state = running[batch.items[i].request]
-            sampling.append(state)
-            state.pending += 1
-            state.sample_row = row
-            if state.status is Status.PREFILL and state.pending == 1 and not state.output_ids:
-                self._decoding.append(state)  # decodes from the next step on
-        self._sampling[batch.step] = sampling
+        # a sampling chunk is a prompt's last: its request draws its first token, then decodes
+        first = [self._running[batch.chunks[i].request] for i in batch.sampling_chunks]
+        first_ids = np.fromiter((s.index for s in first), dtype=np.int64, count=len(first))
+        sampling = np.concatenate([batch.decodes.requests, first_ids])
+        self.columns.issue(sampling, first_ids)
+        self._sampling[batch.step] = (sampling, draft.decoding + first)
         self.step_count += 1
         return batch
 
     def sampling_states(self, batch: StepBatch) -> list[RequestState]:
-        """The requests that sample in an issued, not yet applied step, in sampling order."""
-        return self._sampling[batch.step]
+        """The requests that sample in an issued step not applied yet, in sampling order."""
+        return self._sampling[batch.step][1]
+
+    def output_positions(self, batch: StepBatch) -> np.ndarray:
+        """The output position of each token the step draws, in sampling order (0: a request's
+        first token); read right after `schedule`, before later steps are issued."""
+        return self.columns.issued[self._sampling[batch.step][0]] - 1
 
     # ---- after the step ran ----------------------------------------------------------------
 
-    def update(
-        self, batch: StepBatch, sampled_ids: Sequence[int], stop: StopFn | None = None
-    ) -> list[RequestState]:
-        """Applies a step: appends `sampled_ids` (one per sampling item, in item order) and
-        finishes requests; returns the requests that finished in this step."""
-        if not batch.items:
+    def update(self, batch: StepBatch, sampled_ids: Sequence[int], stop: StopRule | None = None) -> list[RequestState]:
+        """Applies a step: appends `sampled_ids` (one per sampling item, in sampling order) and
+        finishes requests; returns the requests that finished in this step. `prompts_done`
+        lists the requests that got their first token."""
+        self.prompts_done = []
+        if not batch:
             return []
+        requests, states = self._sampling.pop(batch.step)
+        tokens = np.asarray(sampled_ids, dtype=np.int64).reshape(-1)
+        if tokens.shape[0] != requests.shape[0]:
+            raise ValueError(f"step {batch.step} samples {requests.shape[0]} tokens, {tokens.shape[0]} given")
+        c = self.columns
+        live = ~c.done[requests]  # a request finished since this step was issued gets nothing
+        if not live.all():
+            keep = np.flatnonzero(live)
+            requests, tokens, states = requests[keep], tokens[keep], pick(states, keep.tolist())
+        c.apply(requests, tokens)
+        for state, token in zip(states, tokens.tolist()):
+            state.output_ids.append(token)
+        self.num_output_tokens += len(states)
+        applied = c.applied[requests]
+        first = applied == 1
+        length = applied >= c.max_tokens[requests]
+        if stop is None:
+            check = np.zeros(len(states), dtype=bool)
+        else:  # a request that stops on EOS only is looked at when it drew one
+            check = ~c.eos_only[requests] | np.isin(tokens, np.fromiter(stop.eos_token_ids, dtype=np.int64))
         finished: list[RequestState] = []
-        for state, token in zip(self._sampling.pop(batch.step), sampled_ids, strict=True):
-            if state.status is Status.FINISHED:
-                continue  # finished already (a step issued before its last token was seen)
-            output = state.output_ids
-            output.append(int(token))
-            state.pending -= 1
-            if state.status is Status.PREFILL:
+        events = np.flatnonzero(first | check | length).tolist()
+        first_l, check_l, length_l = (first[events].tolist(), check[events].tolist(), length[events].tolist())
+        for i, is_first, checks, at_length in zip(events, first_l, check_l, length_l):
+            state = states[i]
+            if is_first:
                 state.status = Status.DECODE
                 self.admission.prompt_stored(state)
-            reason = stop(state) if stop is not None else None
-            if reason is None and len(output) >= state.request.sampling.max_tokens:
+                self.prompts_done.append(state)
+            reason = stop(state) if checks else None  # type: ignore[misc]
+            if reason is None and at_length:
                 reason = "length"
             if reason is not None:
                 self._finish(state, reason)
                 finished.append(state)
         if finished:
-            self._decoding = [s for s in self._decoding if s.status is not Status.FINISHED]
+            c.drop_finished()
         return finished
 
     def active_states(self) -> dict[int, RequestState]:
@@ -322,6 +372,7 @@ class Scheduler:
         state.status = Status.FINISHED
         state.finish_reason = reason
         del self._running[state.index]
+        self.columns.finish(state.index)
         blocks, state.own_blocks = state.own_blocks, []
         self.pool.free(blocks)
         group = state.group

@@ -61,7 +61,7 @@ def simulate(
     launched: deque[StepBatch] = deque()
     while scheduler.has_work:
         batch = scheduler.schedule()
-        if batch.items:
+        if batch:
             num_prefill = batch.num_prefill_tokens
             num_decode = batch.num_decode_tokens
             prefill += num_prefill
@@ -72,9 +72,9 @@ def simulate(
             launched.append(batch)
         elif not launched:
             raise RuntimeError("scheduler made no progress: this is a bug")
-        if len(launched) > (ahead if batch.items else 0):
+        if len(launched) > (ahead if batch else 0):
             done = launched.popleft()
-            scheduler.update(done, [0] * len(done.sample_items))
+            scheduler.update(done, [0] * done.num_samples)
     return SimulationResult(
         steps=len(tokens_per_step),
         peak_blocks=pool.peak_used,

@@ -68,17 +68,7 @@ class RequestState:
     logprobs: list[TokenLogprob] = field(default_factory=list)  # one per output id, if asked for
     status: Status = Status.WAITING
     finish_reason: FinishReason | None = None
-    pending: int = 0  # tokens being drawn by issued steps, not applied yet
-    sample_row: int = -1  # its row among the sampled tokens of the last step it sampled in
     sample_row_cache: SampleRow | None = None  # the engine's SampleRow of this request (engine/engine.py)
-    _table: tuple[int, ...] | None = None
-
-    @property
-    def block_table(self) -> tuple[int, ...]:
-        """own_blocks as a tuple (fixed from admission on: worst-case reservation)."""
-        if self._table is None or len(self._table) != len(self.own_blocks):
-            self._table = tuple(self.own_blocks)
-        return self._table
 
     @property
     def index(self) -> int:

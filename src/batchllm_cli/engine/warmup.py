@@ -100,7 +100,7 @@ def warm_up(runner: ModelRunner, requests: Sequence[Request], groups: Sequence[P
                                      sorted(shapes.mixed_sizes, reverse=True))
     new = [(spec, batch) for spec, batch in shapes.eager.items() if spec not in runner.warm_specializations]
     for spec, batch in new:
-        rows = [_row(requests[batch.items[i].request]) for i in batch.sample_items]
+        rows = [_row(requests[i]) for i in batch.sample_requests()]
         runner.launch(_unfed(batch), rows).token_ids()  # waits: the variants are compiled when it returns
         for row in rows:
             runner.sampler.release(row)
@@ -112,8 +112,7 @@ def warm_up(runner: ModelRunner, requests: Sequence[Request], groups: Sequence[P
 def _unfed(batch: StepBatch) -> StepBatch:
     """`batch` with its decodes reading their (placeholder) token from the host instead of from
     the step before, which a warm-up step does not have."""
-    items = tuple(replace(it, feed=-1) if it.feed >= 0 else it for it in batch.items)
-    return StepBatch(batch.step, items, batch.shared)
+    return replace(batch, decodes=batch.decodes.unfed())
 
 
 def _row(request: Request) -> SampleRow:
