@@ -98,15 +98,15 @@ def test_prefix_cache_matches_whole_blocks_and_never_the_last_token():
     cache = PrefixCache(pool, block_size=4)
     prompt = np.arange(8, dtype=np.int32)  # exactly two blocks
     blocks = pool.allocate(2)
-    cache.insert(prompt, blocks)
-    assert cache.match(prompt) == 1  # the last block holds the last prompt token: computed again
-    assert cache.match(np.arange(9, dtype=np.int32)) == 2
-    assert cache.match(np.array([0, 1, 2, 9, 4], dtype=np.int32)) == 0
+    cache.insert(cache.hashes(prompt), blocks)
+    assert cache.match(cache.hashes(prompt)) == 1  # the last block holds the last prompt token: computed again
+    assert cache.match(cache.hashes(np.arange(9, dtype=np.int32))) == 2
+    assert cache.match(cache.hashes(np.array([0, 1, 2, 9, 4], dtype=np.int32))) == 0
     pool.free(blocks)
     cache.released(blocks)
     assert cache.num_evictable == 2 and pool.num_used == 2
     cache.evict(2)
-    assert pool.num_used == 0 and cache.match(np.arange(9, dtype=np.int32)) == 0
+    assert pool.num_used == 0 and cache.match(cache.hashes(np.arange(9, dtype=np.int32))) == 0
 
 
 def test_make_scheduler_picks_by_policy():

@@ -19,7 +19,7 @@ from collections import deque
 from typing import Sequence
 
 from batchllm_cli.engine.block_pool import BlockPool
-from batchllm_cli.engine.prefix_cache import PrefixCache
+from batchllm_cli.engine.prefix_cache import PrefixCache, PromptHashes
 from batchllm_cli.engine.scheduler import Scheduler, StepDraft
 from batchllm_cli.engine.state import RequestState, blocks_for
 from batchllm_cli.planner.plan import PrefixGroup
@@ -39,6 +39,7 @@ class CachingAdmission:
         self.s = scheduler
         self.policy = policy
         self.cache = PrefixCache(scheduler.pool, scheduler.block_size)
+        self._hashes: dict[int, PromptHashes] = {}  # by request index, from its first lookup to its insert
         self._waiting: deque[int] = deque(r.index for r in scheduler.requests)  # file order
 
     def _free_blocks(self) -> int:
@@ -49,7 +50,7 @@ class CachingAdmission:
     def _pick(self) -> int:
         """The waiting request to admit next (its position in the queue)."""
         if self.policy == "sglang-like" and len(self._waiting) <= SGLANG_LPM_WINDOW:
-            matches = [self.cache.match(self.s.requests[i].prompt_ids) for i in self._waiting]
+            matches = [self.cache.match(self._hashes_of(i)) for i in self._waiting]
             return max(range(len(matches)), key=lambda k: (matches[k], -k))
         return 0
 
@@ -58,24 +59,31 @@ class CachingAdmission:
         while budget > 0 and self._waiting and not s.at_request_cap:
             pos = self._pick()
             request = s.requests[self._waiting[pos]]
-            hit = self.cache.match(request.prompt_ids)
+            hashes = self._hashes_of(request.index)
+            hit = self.cache.match(hashes)
             need = blocks_for(request.prompt_len + request.sampling.max_tokens - 1, s.block_size) - hit
             # the cached blocks it takes stop being evictable: they cannot make room for `need`
-            if need + self.cache.num_evictable_in(request.prompt_ids, hit) > self._free_blocks():
+            if need + self.cache.num_evictable_in(hashes, hit) > self._free_blocks():
                 return
             del self._waiting[pos]
-            cached = self.cache.take(request.prompt_ids, hit)
+            cached = self.cache.take(hashes, hit)
             if need > s.pool.num_free:
                 self.cache.evict(need - s.pool.num_free)
             state = RequestState(request=request, group=s.groups[request.index], own_blocks=cached + s.pool.allocate(need),
                                  computed=hit * s.block_size, cached_len=hit * s.block_size)
             budget -= s.start(state, budget, draft)
 
+    def _hashes_of(self, index: int) -> PromptHashes:
+        hashes = self._hashes.get(index)
+        if hashes is None:
+            hashes = self._hashes[index] = self.cache.hashes(self.s.requests[index].prompt_ids)
+        return hashes
+
     def num_reserved(self) -> int:
         return 0  # a request starts when it is admitted
 
     def prompt_stored(self, state: RequestState) -> None:
-        self.cache.insert(state.request.prompt_ids, state.own_blocks)
+        self.cache.insert(self._hashes.pop(state.index), state.own_blocks)
 
     def released(self, state: RequestState, blocks: list[int]) -> None:
         self.cache.released(blocks)

@@ -9,16 +9,29 @@ a block whose only reference is the cache's is evictable.
 
 Differences from the real engines, kept deliberately small: whole blocks only (SGLang's radix
 cache matches single tokens), prompt blocks only (vLLM also caches blocks filled by decoding).
+A prompt's block hashes are computed once (`PrefixCache.hashes`, as vLLM keeps them on the
+request); a lookup is then one dict probe per block.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from batchllm_cli.engine.block_pool import BlockPool
+
+
+@dataclass(frozen=True)
+class PromptHashes:
+    """The chained hashes of a prompt's full blocks (block i's covers all tokens up to its end)."""
+
+    full: tuple[int, ...]
+    # blocks a lookup may reuse: (len - 1) // block_size, since the last prompt token is always
+    # computed (its logits give the first output token)
+    matchable: int
 
 
 class PrefixCache:
@@ -41,43 +54,41 @@ class PrefixCache:
     def num_cached(self) -> int:
         return len(self._hash_of)
 
-    def _hashes(self, token_ids: np.ndarray, num_blocks: int) -> list[int]:
-        out, h = [], 0
-        for i in range(num_blocks):
-            h = hash((h, token_ids[i * self.block_size : (i + 1) * self.block_size].tobytes()))
+    def hashes(self, prompt_ids: np.ndarray) -> PromptHashes:
+        """The block hashes of a prompt, for the lookups below (compute once per request)."""
+        out, h, bs = [], 0, self.block_size
+        for i in range(len(prompt_ids) // bs):
+            h = hash((h, prompt_ids[i * bs : (i + 1) * bs].tobytes()))
             out.append(h)
-        return out
+        return PromptHashes(tuple(out), (len(prompt_ids) - 1) // bs)
 
-    def match(self, prompt_ids: np.ndarray) -> int:
-        """How many leading blocks of `prompt_ids` are cached (at most (len - 1) // block_size:
-        the last prompt token is always computed, its logits give the first output token)."""
-        n = 0
-        for h in self._hashes(prompt_ids, (len(prompt_ids) - 1) // self.block_size):
-            if h not in self._block_of:
-                break
-            n += 1
-        return n
+    def match(self, prompt: PromptHashes) -> int:
+        """How many leading blocks of the prompt are cached (at most `prompt.matchable`)."""
+        cached = self._block_of
+        for n in range(prompt.matchable):
+            if prompt.full[n] not in cached:
+                return n
+        return prompt.matchable
 
-    def num_evictable_in(self, prompt_ids: np.ndarray, num_blocks: int) -> int:
-        """How many of the first `num_blocks` cached blocks of `prompt_ids` are evictable now:
+    def num_evictable_in(self, prompt: PromptHashes, num_blocks: int) -> int:
+        """How many of the first `num_blocks` cached blocks of the prompt are evictable now:
         taking them pins them, so they stop counting as memory that eviction can free."""
-        return sum(self._block_of[h] in self._evictable for h in self._hashes(prompt_ids, num_blocks))
+        return sum(self._block_of[h] in self._evictable for h in prompt.full[:num_blocks])
 
-    def take(self, prompt_ids: np.ndarray, num_blocks: int) -> list[int]:
-        """The first `num_blocks` cached blocks of `prompt_ids` (as `match` found them), with a
+    def take(self, prompt: PromptHashes, num_blocks: int) -> list[int]:
+        """The first `num_blocks` cached blocks of the prompt (as `match` found them), with a
         reference each for the request that takes them."""
-        blocks = [self._block_of[h] for h in self._hashes(prompt_ids, num_blocks)]
+        blocks = [self._block_of[h] for h in prompt.full[:num_blocks]]
         for b in blocks:
             self._evictable.pop(b, None)
         self.pool.incref(blocks)
         self.hits += len(blocks)
         return blocks
 
-    def insert(self, prompt_ids: np.ndarray, blocks: Sequence[int]) -> None:
+    def insert(self, prompt: PromptHashes, blocks: Sequence[int]) -> None:
         """Registers the full prompt blocks of a request whose prompt is stored (`blocks`: its
         block table); blocks already cached under the same hash are left as they are."""
-        full = len(prompt_ids) // self.block_size
-        for h, b in zip(self._hashes(prompt_ids, full), blocks):
+        for h, b in zip(prompt.full, blocks):
             if h in self._block_of or b in self._hash_of:
                 continue
             self._block_of[h] = b
