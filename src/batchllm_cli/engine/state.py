@@ -57,7 +57,9 @@ class GroupState:
 
 @dataclass(eq=False)
 class RequestState:
-    """One request from admission to its last token."""
+    """One request from admission to its last token. Its per-step progress (output tokens
+    issued but not applied yet, its sample row) lives in the scheduler's columns
+    (engine/columns.py), which the decode path reads as arrays."""
 
     request: Request
     group: GroupState
