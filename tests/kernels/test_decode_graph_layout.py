@@ -95,7 +95,7 @@ def test_graph_buffers_hold_the_padded_layout_and_the_fed_tokens():
 
     import numpy as np
 
-    from batchllm_cli.engine.cuda_graphs import DecodeGraphs, pad_layout
+    from batchllm_cli.engine.cuda_graphs import DecodeGraphs, Feed, pad_layout
     from batchllm_kernels.metadata import HostLayout
 
     from batchllm_cli.engine.block_tables import DeviceBlockTables
@@ -111,7 +111,8 @@ def test_graph_buffers_hold_the_padded_layout_and_the_fed_tokens():
     rows = (tables.rows(["a", "b", "c"], own), tables.rows(["prefix"], [(1, 2)]))
     buf = graphs._static(4)
     buf["own_block_tables"].fill_(99)  # older columns may stay: only those in use are copied
-    feed = (torch.tensor([1]), torch.tensor([12]))  # row 1's token was drawn by the step before
+    # row 1's token was drawn by the step before: the second of its sampled tokens
+    feed = Feed(np.array([1]), np.array([1]), torch.tensor([5, 12]))
     graphs._fill(buf, padded, (layout.own_width, layout.shared_width), tables, rows, feed)
     assert buf["input_ids"].tolist() == [11, 12, 13, 0]
     assert buf["positions"].tolist() == [49, 34, 40, 0]

@@ -33,6 +33,16 @@ from batchllm_kernels.decode_launch import decode_launch_shape
 if TYPE_CHECKING:
     from batchllm_cli.engine.block_tables import DeviceBlockTables
 
+@dataclass(frozen=True)
+class Feed:
+    """Input ids that the previous step sampled and the host has not seen yet: row rows[k] of
+    this step's input ids is tokens[src[k]], read on the device."""
+
+    rows: np.ndarray  # [k] int64
+    src: np.ndarray  # [k] int64
+    tokens: torch.Tensor  # the previous step's sampled tokens, on the device
+
+
 BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512)
 MAX_GRAPHS = 48  # keys beyond this run eagerly (each graph holds its own launch records)
 
@@ -178,12 +188,10 @@ class DecodeGraphs:
 
     def run(self, layout: HostLayout, key: GraphKey, input_ids: np.ndarray, positions: np.ndarray,
             tables: DeviceBlockTables, rows: tuple[np.ndarray, np.ndarray],
-            feed: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+            feed: Feed | None = None) -> torch.Tensor:
         """hidden [n, hidden] of a decode-only step of n decodes (a HostLayout in kernel order,
-        `key` its key_of), whose block tables are `rows` (own [n], shared [s]) of `tables`.
-
-        feed: (rows [k] int64, tokens [k] int64) on the device: input ids that the previous step
-        sampled and the host has not seen yet, written over input_ids[rows]."""
+        `key` its key_of), whose block tables are `rows` (own [n], shared [s]) of `tables`;
+        `feed` overwrites some input ids on the device."""
         n = layout.num_decodes
         size = key[0]
         if max(layout.own_width, layout.shared_width) > self.width:
@@ -244,26 +252,29 @@ class DecodeGraphs:
 
     def _fill(self, buf: dict[str, torch.Tensor], layout: DecodeLayout, widths: tuple[int, int],
               tables: DeviceBlockTables | None, rows: tuple[np.ndarray, np.ndarray],
-              feed: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+              feed: Feed | None) -> None:
         """Two packed uploads (pinned, non-blocking: the 1-D fields with the real rows' block-table
-        row indices, then ids, positions and slots), then device-side copies: the block-table
-        columns in use, gathered from `tables` (the kernels never read a row past its length, so
-        older columns and the padding rows' stale ones may stay), and the fed tokens."""
+        row indices, then ids, positions, slots and the feed's rows), then device-side copies: the
+        block-table columns in use, gathered from `tables` (the kernels never read a row past its
+        length, so older columns and the padding rows' stale ones may stay), and the fed tokens."""
         host = layout.host
         own_rows, shared_rows = rows
         head = [getattr(host, name) for name in _STATIC32]
         n32 = buf["flat32"].shape[0]
         packed = upload_flat(head + [own_rows, shared_rows], torch.int32, self.device)
         buf["flat32"].copy_(packed[:n32])
-        buf["flat64"].copy_(upload_flat([layout.input_ids, layout.positions, host.slot_mapping], torch.int64, self.device))
+        n64 = buf["flat64"].shape[0]
+        fed = [] if feed is None else [feed.rows, feed.src]
+        packed64 = upload_flat([layout.input_ids, layout.positions, host.slot_mapping] + fed, torch.int64, self.device)
+        buf["flat64"].copy_(packed64[:n64])
         if tables is not None:
             own_w, shared_w = widths
             own_dev, shared_dev = packed[n32:].split([own_rows.size, shared_rows.size])
             buf["own_block_tables"][: own_rows.size, :own_w].copy_(tables.gather(own_dev, own_w))
             buf["shared_block_tables"][: shared_rows.size, :shared_w].copy_(tables.gather(shared_dev, shared_w))
         if feed is not None:
-            rows, tokens = feed
-            buf["input_ids"].index_copy_(0, rows, tokens)
+            fed_rows, src = packed64[n64:].split([feed.rows.size, feed.src.size])
+            buf["input_ids"].index_copy_(0, fed_rows, feed.tokens.index_select(0, src))
 
     def _meta(self, buf: dict[str, torch.Tensor], size: int, block_m: int, splits: int) -> AttentionMetadata:
         return AttentionMetadata(

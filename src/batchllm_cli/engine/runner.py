@@ -18,6 +18,7 @@ import torch
 
 from batchllm_cli.engine.block_tables import DeviceBlockTables
 from batchllm_cli.engine.config import EngineConfig
+from batchllm_cli.engine.cuda_graphs import Feed
 from batchllm_cli.engine.sampler import PendingLogprobs, SampleRow, Sampler, pending_logprobs
 from batchllm_cli.engine.step import StepBatch
 from batchllm_cli.errors import CapacityError
@@ -154,10 +155,7 @@ class ModelRunner:
         key = self.graph_key(batch, layout)
         if key is not None:
             assert self.graphs is not None
-            feed = None
-            if feed_rows.size:
-                rows_dev, src_dev = upload_packed([feed_rows, feed_src], torch.int64, self.device)
-                feed = (rows_dev, prev.tokens.index_select(0, src_dev))
+            feed = Feed(feed_rows, feed_src, prev.tokens) if feed_rows.size else None
             hidden = self.graphs.run(layout, key, input_ids, positions, self.block_tables, (own_rows, shared_rows),
                                      feed)  # [num_items, hidden]
         else:
