@@ -18,7 +18,6 @@ import torch
 
 from batchllm_cli.engine.block_tables import DeviceBlockTables
 from batchllm_cli.engine.config import EngineConfig
-from batchllm_cli.engine.cuda_graphs import Feed
 from batchllm_cli.engine.sampler import PendingLogprobs, SampleRow, Sampler, pending_logprobs
 from batchllm_cli.engine.step import StepBatch
 from batchllm_cli.errors import CapacityError
@@ -155,6 +154,10 @@ class ModelRunner:
         key = self.graph_key(batch, layout)
         if key is not None:
             assert self.graphs is not None
+            # imported here, as the graphs are: cuda_graphs imports Triton helpers, which the
+            # kernel tests need defined only after they chose Triton's interpreter
+            from batchllm_cli.engine.cuda_graphs import Feed
+
             feed = Feed(feed_rows, feed_src, prev.tokens) if feed_rows.size else None
             hidden = self.graphs.run(layout, key, input_ids, positions, self.block_tables, (own_rows, shared_rows),
                                      feed)  # [num_items, hidden]
