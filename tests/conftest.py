@@ -1,4 +1,12 @@
-"""Suite-wide test settings: the `gpu` marker skips cleanly where no CUDA device is present."""
+"""Suite-wide test settings: the `gpu` marker skips cleanly where no CUDA device is present,
+and there Triton kernels run in Triton's CPU interpreter.
+
+TRITON_INTERPRET must be set before any @triton.jit function is defined (batchllm_kernels
+defines some helpers at import), so it is set here, before any test module is collected: a
+module that imports the kernels indirectly cannot define them for the wrong mode.
+"""
+
+import os
 
 import pytest
 
@@ -9,6 +17,10 @@ def _cuda_available() -> bool:
     except ImportError:
         return False
     return torch.cuda.is_available()
+
+
+if not _cuda_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

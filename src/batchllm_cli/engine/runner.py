@@ -154,8 +154,7 @@ class ModelRunner:
         key = self.graph_key(batch, layout)
         if key is not None:
             assert self.graphs is not None
-            # imported here, as the graphs are: cuda_graphs imports Triton helpers, which the
-            # kernel tests need defined only after they chose Triton's interpreter
+            # imported here, as the graphs are: only CUDA runs graphs
             from batchllm_cli.engine.cuda_graphs import Feed
 
             feed = Feed(feed_rows, feed_src, prev.tokens) if feed_rows.size else None
