@@ -213,8 +213,6 @@ class PendingLogprobs:
 
 def pending_logprobs(logits: torch.Tensor, rows: Sequence[SampleRow], token_ids: torch.Tensor) -> PendingLogprobs | None:
     """The logprobs of the rows that ask, computed on the device (None: no row asks)."""
-    if all(r.params.is_plain_greedy for r in rows):
-        return None
     wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
     if not wanted:
         return None
